@@ -1,0 +1,162 @@
+//! What the cluster offers and what is already committed: nodes with their GPU counts, and the
+//! modules already assigned. The decision core reads it; the shells (standalone, `check`, the
+//! cluster watchers) build it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::domain::{GpuIndex, Mode};
+use crate::policy::Policy;
+use crate::verdict::Assignment;
+
+/// A node as gpushare sees it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Node {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// A count fixed on the command line (`--gpus`), stronger than any policy value.
+    pub forced_gpus: Option<u32>,
+    /// The count the node itself reports (label or allocatable), weaker than the policy.
+    pub reported_gpus: Option<u32>,
+}
+
+impl Node {
+    /// The GPUs Kubernetes may use on this node: `--gpus`, policy `nodes.<name>.gpus`, policy
+    /// `gpusPerNode`, then what the node reports; a node that reports nothing has none.
+    pub fn gpu_count(&self, policy: &Policy) -> u32 {
+        self.forced_gpus
+            .or_else(|| policy.gpu_count_override(&self.name))
+            .or(self.reported_gpus)
+            .unwrap_or(0)
+    }
+}
+
+/// Where a module's pods may run, from its pod template.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Placement {
+    pub node_selector: BTreeMap<String, String>,
+    pub node_name: String,
+}
+
+impl Placement {
+    fn is_unconstrained(&self) -> bool {
+        self.node_selector.is_empty() && self.node_name.is_empty()
+    }
+
+    fn admits(&self, node: &Node) -> bool {
+        (self.node_name.is_empty() || self.node_name == node.name)
+            && self.node_selector.iter().all(|(k, v)| node.labels.get(k) == Some(v))
+    }
+}
+
+/// Identifies a module: a Deployment's namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ModuleKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for ModuleKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A module already admitted, counted against its GPU index on every candidate node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Module {
+    pub placement: Placement,
+    pub assignment: Assignment,
+}
+
+/// Nodes and committed modules.
+#[derive(Debug, Clone, Default)]
+pub struct Inventory {
+    pub nodes: Vec<Node>,
+    pub modules: HashMap<ModuleKey, Module>,
+}
+
+/// What is committed on one GPU of one node.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GpuUsage {
+    pub percentage: u32,
+    pub clients: u32,
+    pub modules: Vec<ModuleKey>,
+}
+
+impl Inventory {
+    /// One implicit node named `standalone` (standalone `serve` and `check`): its count comes from
+    /// `--gpus`, else the policy, else 1.
+    pub fn standalone(gpus: Option<u32>) -> Inventory {
+        let node = Node {
+            name: "standalone".into(),
+            forced_gpus: gpus,
+            reported_gpus: Some(1),
+            ..Node::default()
+        };
+        Inventory { nodes: vec![node], modules: HashMap::new() }
+    }
+
+    /// The nodes a pod template may land on: those matching its nodeSelector and nodeName, or,
+    /// when it sets neither, every node with at least one GPU.
+    pub fn candidates<'a>(&'a self, placement: &'a Placement, policy: &'a Policy) -> impl Iterator<Item = &'a Node> {
+        self.nodes.iter().filter(move |node| {
+            if placement.is_unconstrained() {
+                node.gpu_count(policy) > 0
+            } else {
+                placement.admits(node)
+            }
+        })
+    }
+
+    /// Committed use of GPU `gpu` on `node`, leaving out the module `except` (an UPDATE replaces
+    /// its own previous allocation instead of counting it twice).
+    pub fn usage(&self, node: &Node, gpu: GpuIndex, except: &ModuleKey, policy: &Policy) -> GpuUsage {
+        let mut usage = GpuUsage::default();
+        for (key, module) in &self.modules {
+            if key == except || module.assignment.gpu != gpu {
+                continue;
+            }
+            let lands_here = if module.placement.is_unconstrained() {
+                node.gpu_count(policy) > 0
+            } else {
+                module.placement.admits(node)
+            };
+            if lands_here {
+                usage.percentage += module.assignment.committed_percentage();
+                usage.clients += module.assignment.clients;
+                usage.modules.push(key.clone());
+            }
+        }
+        usage.modules.sort();
+        usage
+    }
+
+    /// Usage of every GPU of every node, for `status` and metrics.
+    pub fn table(&self, policy: &Policy) -> Vec<GpuRow> {
+        let nobody = ModuleKey { namespace: String::new(), name: String::new() };
+        let mut rows = Vec::new();
+        for node in &self.nodes {
+            for i in 0..node.gpu_count(policy) {
+                let gpu = GpuIndex(i);
+                rows.push(GpuRow {
+                    node: node.name.clone(),
+                    gpu,
+                    mode: policy.gpu_mode(&node.name, gpu),
+                    reserved: policy.is_reserved(&node.name, gpu),
+                    usage: self.usage(node, gpu, &nobody, policy),
+                });
+            }
+        }
+        rows
+    }
+}
+
+/// One row of the per-node, per-GPU usage table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuRow {
+    pub node: String,
+    pub gpu: GpuIndex,
+    pub mode: Mode,
+    pub reserved: bool,
+    pub usage: GpuUsage,
+}
