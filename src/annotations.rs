@@ -64,7 +64,10 @@ impl<'a> UserAnnotations<'a> {
     }
 
     pub fn get(&self, key: &str) -> Option<&'a str> {
-        USER_KEYS.iter().position(|k| *k == key).and_then(|slot| self.values[slot])
+        USER_KEYS
+            .iter()
+            .position(|k| *k == key)
+            .and_then(|slot| self.values[slot])
     }
 
     /// A Deployment with at least one user key is managed.
@@ -80,11 +83,18 @@ impl<'a> UserAnnotations<'a> {
         };
         let explicit_mode = self.get(MODE).map(parse_mode).transpose()?;
         let percentage = self.get(MPS_PERCENTAGE).map(parse_percentage).transpose()?;
-        let memory_limit = self.get(MPS_MEMORY_LIMIT).map(parse_memory_limit).transpose()?;
+        let memory_limit = self
+            .get(MPS_MEMORY_LIMIT)
+            .map(parse_memory_limit)
+            .transpose()?;
         let containers = self.get(CONTAINERS).map(parse_containers).transpose()?;
         let implies_mps = percentage.is_some() || memory_limit.is_some();
         if explicit_mode == Some(Mode::TimeSlicing) && implies_mps {
-            let key = if percentage.is_some() { MPS_PERCENTAGE } else { MPS_MEMORY_LIMIT };
+            let key = if percentage.is_some() {
+                MPS_PERCENTAGE
+            } else {
+                MPS_MEMORY_LIMIT
+            };
             return Err(Denial::new(
                 Rule::InvalidValue,
                 format!(
@@ -93,7 +103,13 @@ impl<'a> UserAnnotations<'a> {
             ));
         }
         let mode = explicit_mode.or(implies_mps.then_some(Mode::Mps));
-        Ok(ModuleRequest { gpu, mode, percentage, memory_limit, containers })
+        Ok(ModuleRequest {
+            gpu,
+            mode,
+            percentage,
+            memory_limit,
+            containers,
+        })
     }
 }
 
@@ -111,7 +127,9 @@ pub struct ModuleRequest {
 
 fn unknown_key(key: &str, place: &str) -> Denial {
     let known = USER_KEYS.join(", ");
-    let hint = closest_key(key).map(|k| format!(" (did you mean {k}?)")).unwrap_or_default();
+    let hint = closest_key(key)
+        .map(|k| format!(" (did you mean {k}?)"))
+        .unwrap_or_default();
     Denial::new(
         Rule::UnknownAnnotation,
         format!("unknown annotation {key} in {place}{hint}; gpushare understands {known}"),
@@ -120,7 +138,12 @@ fn unknown_key(key: &str, place: &str) -> Denial {
 
 /// The known key sharing the longest prefix with a typo, if it shares a reasonable one.
 fn closest_key(key: &str) -> Option<&'static str> {
-    let common = |k: &str| k.bytes().zip(key.bytes()).take_while(|(a, b)| a == b).count();
+    let common = |k: &str| {
+        k.bytes()
+            .zip(key.bytes())
+            .take_while(|(a, b)| a == b)
+            .count()
+    };
     USER_KEYS
         .iter()
         .copied()
@@ -134,13 +157,22 @@ fn parse_gpu(raw: &str) -> Result<GpuChoice, Denial> {
         return Ok(GpuChoice::Auto);
     }
     if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-        return value.parse::<u32>().map(|i| GpuChoice::Index(GpuIndex(i))).map_err(|_| {
-            Denial::new(Rule::InvalidValue, format!("{GPU} is {raw:?}: not a GPU index; use 0, 1 or auto"))
-        });
+        return value
+            .parse::<u32>()
+            .map(|i| GpuChoice::Index(GpuIndex(i)))
+            .map_err(|_| {
+                Denial::new(
+                    Rule::InvalidValue,
+                    format!("{GPU} is {raw:?}: not a GPU index; use 0, 1 or auto"),
+                )
+            });
     }
     let lower = value.to_ascii_lowercase();
     let several = value.contains(',') || value.contains(' ') || lower == "all";
-    let range = value.contains('-') && value.split('-').all(|p| p.bytes().all(|b| b.is_ascii_digit()));
+    let range = value.contains('-')
+        && value
+            .split('-')
+            .all(|p| p.bytes().all(|b| b.is_ascii_digit()));
     let uuid = lower.starts_with("gpu-") || lower.starts_with("mig-");
     let message = if several || range {
         format!(
@@ -152,13 +184,20 @@ fn parse_gpu(raw: &str) -> Result<GpuChoice, Denial> {
     } else {
         format!("{GPU} is {raw:?}: not a GPU index; set one index such as \"0\" or \"auto\"")
     };
-    let rule = if several || range { Rule::MultipleGpus } else { Rule::InvalidValue };
+    let rule = if several || range {
+        Rule::MultipleGpus
+    } else {
+        Rule::InvalidValue
+    };
     Err(Denial::new(rule, message))
 }
 
 fn parse_mode(raw: &str) -> Result<Mode, Denial> {
     Mode::parse(raw.trim()).ok_or_else(|| {
-        Denial::new(Rule::InvalidValue, format!("{MODE} is {raw:?}; use \"time-slicing\" or \"mps\""))
+        Denial::new(
+            Rule::InvalidValue,
+            format!("{MODE} is {raw:?}; use \"time-slicing\" or \"mps\""),
+        )
     })
 }
 
@@ -173,7 +212,9 @@ fn parse_percentage(raw: &str) -> Result<Percentage, Denial> {
         .ok_or_else(|| {
             Denial::new(
                 Rule::InvalidValue,
-                format!("{MPS_PERCENTAGE} is {raw:?}; use a whole number from 1 to 100, e.g. \"25\""),
+                format!(
+                    "{MPS_PERCENTAGE} is {raw:?}; use a whole number from 1 to 100, e.g. \"25\""
+                ),
             )
         })
 }
@@ -188,8 +229,12 @@ fn parse_memory_limit(raw: &str) -> Result<MemoryLimit, Denial> {
 }
 
 fn parse_containers(raw: &str) -> Result<Vec<String>, Denial> {
-    let names: Vec<String> =
-        raw.split(',').map(str::trim).filter(|n| !n.is_empty()).map(str::to_string).collect();
+    let names: Vec<String> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+        .collect();
     if names.is_empty() {
         return Err(Denial::new(
             Rule::InvalidValue,

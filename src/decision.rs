@@ -3,7 +3,9 @@
 
 use std::fmt::Write as _;
 
-use crate::annotations::{self, UserAnnotations, ASSIGNED_GPU, ASSIGNED_KEYS, ASSIGNED_MODE, ASSIGNED_MPS_PERCENTAGE};
+use crate::annotations::{
+    self, UserAnnotations, ASSIGNED_GPU, ASSIGNED_KEYS, ASSIGNED_MODE, ASSIGNED_MPS_PERCENTAGE,
+};
 use crate::domain::*;
 use crate::inventory::{Inventory, ModuleKey, Node, Placement};
 use crate::patch::{EnvChange, PatchBuilder};
@@ -30,7 +32,10 @@ pub struct Request<'a> {
 
 impl Request<'_> {
     pub fn key(&self) -> ModuleKey {
-        ModuleKey { namespace: self.namespace.to_string(), name: self.name.to_string() }
+        ModuleKey {
+            namespace: self.namespace.to_string(),
+            name: self.name.to_string(),
+        }
     }
 }
 
@@ -43,15 +48,26 @@ pub fn decide(request: &Request<'_>, policy: &Policy, inventory: &Inventory) -> 
 }
 
 fn unchanged(outcome: Outcome) -> Mutation {
-    Mutation { patch: Vec::new(), warnings: Vec::new(), outcome }
+    Mutation {
+        patch: Vec::new(),
+        warnings: Vec::new(),
+        outcome,
+    }
 }
 
-fn decide_managed(request: &Request<'_>, policy: &Policy, inventory: &Inventory) -> Result<Mutation, Denial> {
+fn decide_managed(
+    request: &Request<'_>,
+    policy: &Policy,
+    inventory: &Inventory,
+) -> Result<Mutation, Denial> {
     if policy.is_excluded(request.namespace) {
         return Ok(unchanged(Outcome::Excluded));
     }
     let workload = request.object.workload();
-    let user = UserAnnotations::collect(workload.metadata.annotations.as_ref(), workload.template.annotations())?;
+    let user = UserAnnotations::collect(
+        workload.metadata.annotations.as_ref(),
+        workload.template.annotations(),
+    )?;
     if !user.is_managed() {
         if request.operation == Operation::Update && was_assigned(request) {
             return Ok(release(&workload));
@@ -69,7 +85,9 @@ fn decide_managed(request: &Request<'_>, policy: &Policy, inventory: &Inventory)
 
     let demand = Demand {
         replicas: workload.replicas,
-        clients: workload.replicas.saturating_mul(selected.iter().filter(|s| **s).count() as u32),
+        clients: workload
+            .replicas
+            .saturating_mul(selected.iter().filter(|s| **s).count() as u32),
         mode: module.mode,
         percentage: module.percentage.unwrap_or(policy.default_mps_percentage),
     };
@@ -96,7 +114,11 @@ fn decide_managed(request: &Request<'_>, policy: &Policy, inventory: &Inventory)
         clients: demand.clients,
     };
     write_assignment(&mut builder, &workload, &selected, &assignment, policy);
-    Ok(Mutation { patch: builder.ops, warnings: builder.warnings, outcome: Outcome::Assigned(assignment) })
+    Ok(Mutation {
+        patch: builder.ops,
+        warnings: builder.warnings,
+        outcome: Outcome::Assigned(assignment),
+    })
 }
 
 fn all_containers<'a>(workload: &Workload<'a>) -> impl Iterator<Item = &'a Container> {
@@ -107,11 +129,17 @@ fn all_containers<'a>(workload: &Workload<'a>) -> impl Iterator<Item = &'a Conta
 // ---- containers -------------------------------------------------------------------------------
 
 /// Which containers get the GPU, by position in `spec.containers`.
-fn select_containers(containers: &[Container], listed: Option<&[String]>) -> Result<Vec<bool>, Denial> {
+fn select_containers(
+    containers: &[Container],
+    listed: Option<&[String]>,
+) -> Result<Vec<bool>, Denial> {
     let Some(listed) = listed else {
         return Ok(vec![true; containers.len()]);
     };
-    if let Some(missing) = listed.iter().find(|name| !containers.iter().any(|c| &c.name == *name)) {
+    if let Some(missing) = listed
+        .iter()
+        .find(|name| !containers.iter().any(|c| &c.name == *name))
+    {
         let existing: Vec<&str> = containers.iter().map(|c| c.name.as_str()).collect();
         return Err(Denial::new(
             Rule::InvalidValue,
@@ -122,11 +150,19 @@ fn select_containers(containers: &[Container], listed: Option<&[String]>) -> Res
             ),
         ));
     }
-    Ok(containers.iter().map(|c| listed.contains(&c.name)).collect())
+    Ok(containers
+        .iter()
+        .map(|c| listed.contains(&c.name))
+        .collect())
 }
 
 /// Rule 1 on containers, and the variables gpushare cannot own when they come from `valueFrom`.
-fn check_containers(workload: &Workload<'_>, selected: &[bool], policy: &Policy, warnings: &mut Vec<String>) -> Result<(), Denial> {
+fn check_containers(
+    workload: &Workload<'_>,
+    selected: &[bool],
+    policy: &Policy,
+    warnings: &mut Vec<String>,
+) -> Result<(), Denial> {
     let owned = owned_variables(policy);
     for (container, &is_selected) in workload.template.spec.containers.iter().zip(selected) {
         if is_selected {
@@ -188,7 +224,9 @@ fn deny_value_from(container: &Container, owned: &[&str]) -> Result<(), Denial> 
 
 /// A container gpushare does not write to may name at most one GPU itself.
 fn check_single_gpu_env(container: &Container) -> Result<(), Denial> {
-    let Some(entry) = container.env_var(VISIBLE_DEVICES) else { return Ok(()) };
+    let Some(entry) = container.env_var(VISIBLE_DEVICES) else {
+        return Ok(());
+    };
     if entry.value_from.is_some() || names_at_most_one_gpu(entry.literal()) {
         return Ok(());
     }
@@ -217,15 +255,24 @@ fn names_at_most_one_gpu(value: &str) -> bool {
 
 fn assigned_gpu_of(object: &Deployment) -> Option<GpuIndex> {
     let annotation = |a: Option<&std::collections::BTreeMap<String, String>>| {
-        a.and_then(|a| a.get(ASSIGNED_GPU)).and_then(|v| v.trim().parse().ok()).map(GpuIndex)
+        a.and_then(|a| a.get(ASSIGNED_GPU))
+            .and_then(|v| v.trim().parse().ok())
+            .map(GpuIndex)
     };
-    annotation(object.metadata.annotations.as_ref()).or_else(|| annotation(object.spec.template.annotations()))
+    annotation(object.metadata.annotations.as_ref())
+        .or_else(|| annotation(object.spec.template.annotations()))
 }
 
 fn was_assigned(request: &Request<'_>) -> bool {
     let has = |d: &Deployment| {
-        d.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(ASSIGNED_GPU))
-            || d.spec.template.annotations().is_some_and(|a| a.contains_key(ASSIGNED_GPU))
+        d.metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(ASSIGNED_GPU))
+            || d.spec
+                .template
+                .annotations()
+                .is_some_and(|a| a.contains_key(ASSIGNED_GPU))
     };
     has(request.object) || request.old_object.is_some_and(has)
 }
@@ -236,7 +283,11 @@ fn kept_gpu(request: &Request<'_>, user: &UserAnnotations<'_>) -> Option<GpuInde
         return None;
     }
     let old = request.old_object?;
-    let old_user = UserAnnotations::collect(old.metadata.annotations.as_ref(), old.spec.template.annotations()).ok()?;
+    let old_user = UserAnnotations::collect(
+        old.metadata.annotations.as_ref(),
+        old.spec.template.annotations(),
+    )
+    .ok()?;
     if old_user.get(annotations::GPU) != user.get(annotations::GPU) {
         return None;
     }
@@ -248,16 +299,36 @@ fn release(workload: &Workload<'_>) -> Mutation {
     let mut b = PatchBuilder::default();
     let template_meta = format!("{}/metadata", workload.template_path);
     let spec_path = format!("{}/spec", workload.template_path);
-    b.annotations("/metadata", true, workload.metadata.annotations.as_ref(), &[], &ASSIGNED_KEYS);
-    b.annotations(&template_meta, workload.template.metadata.is_some(), workload.template.annotations(), &[], &ASSIGNED_KEYS);
-    let removals: [EnvChange<'_>; 4] =
-        [(VISIBLE_DEVICES, None), (MPS_THREAD_PERCENTAGE, None), (MPS_MEMORY_LIMIT, None), (MPS_PIPE_DIRECTORY, None)];
+    b.annotations(
+        "/metadata",
+        true,
+        workload.metadata.annotations.as_ref(),
+        &[],
+        &ASSIGNED_KEYS,
+    );
+    b.annotations(
+        &template_meta,
+        workload.template.metadata.is_some(),
+        workload.template.annotations(),
+        &[],
+        &ASSIGNED_KEYS,
+    );
+    let removals: [EnvChange<'_>; 4] = [
+        (VISIBLE_DEVICES, None),
+        (MPS_THREAD_PERCENTAGE, None),
+        (MPS_MEMORY_LIMIT, None),
+        (MPS_PIPE_DIRECTORY, None),
+    ];
     for (i, container) in workload.template.spec.containers.iter().enumerate() {
         let path = format!("{spec_path}/containers/{i}");
         b.env(&path, container, &removals);
         b.remove_mounts(&path, container.volume_mounts.as_ref(), PIPE_VOLUME);
     }
-    b.remove_volume(&spec_path, workload.template.spec.volumes.as_ref(), PIPE_VOLUME);
+    b.remove_volume(
+        &spec_path,
+        workload.template.spec.volumes.as_ref(),
+        PIPE_VOLUME,
+    );
     if workload.template.spec.host_ipc == Some(true) {
         b.warnings.push(
             "gpushare no longer manages this Deployment; hostIPC: true was left as it is: remove it if the \
@@ -265,7 +336,11 @@ fn release(workload: &Workload<'_>) -> Mutation {
                 .into(),
         );
     }
-    Mutation { patch: b.ops, warnings: b.warnings, outcome: Outcome::Released }
+    Mutation {
+        patch: b.ops,
+        warnings: b.warnings,
+        outcome: Outcome::Released,
+    }
 }
 
 // ---- choosing a GPU ---------------------------------------------------------------------------
@@ -303,10 +378,16 @@ fn vm_hint() -> &'static str {
 }
 
 impl<'a> Scope<'a> {
-    fn new(key: ModuleKey, placement: &'a Placement, policy: &'a Policy, inventory: &'a Inventory) -> Result<Scope<'a>, Denial> {
+    fn new(
+        key: ModuleKey,
+        placement: &'a Placement,
+        policy: &'a Policy,
+        inventory: &'a Inventory,
+    ) -> Result<Scope<'a>, Denial> {
         let nodes: Vec<&Node> = inventory.candidates(placement, policy).collect();
         if nodes.is_empty() {
-            let constraint = if placement.node_selector.is_empty() && placement.node_name.is_empty() {
+            let constraint = if placement.node_selector.is_empty() && placement.node_name.is_empty()
+            {
                 "no node offers a GPU to Kubernetes".to_string()
             } else {
                 "no node matches the pod template's nodeSelector/nodeName".to_string()
@@ -327,7 +408,12 @@ impl<'a> Scope<'a> {
                 ),
             ));
         }
-        Ok(Scope { key, nodes, policy, inventory })
+        Ok(Scope {
+            key,
+            nodes,
+            policy,
+            inventory,
+        })
     }
 
     /// The GPU's mode (the same on every candidate node once `usable` said so).
@@ -338,6 +424,23 @@ impl<'a> Scope<'a> {
     /// Rules 2, 4 and 6 for one index: it exists, is not reserved, and has the requested mode, on
     /// every candidate node.
     fn usable(&self, gpu: GpuIndex, wanted: Option<Mode>) -> Result<Mode, Denial> {
+        let mode = self.available(gpu)?;
+        match wanted {
+            Some(wanted) if wanted != mode => Err(Denial::new(
+                Rule::ModeMismatch,
+                format!(
+                    "the module asks for {wanted} ({}) but GPU {gpu} is in {mode} mode (policy gpuModes/defaultMode); \
+                     {}",
+                    mode_source(wanted),
+                    self.suggest_mode(wanted)
+                ),
+            )),
+            _ => Ok(mode),
+        }
+    }
+
+    /// Rules 2 and 6, and one mode across the candidate nodes: the index's mode when it may be assigned.
+    fn available(&self, gpu: GpuIndex) -> Result<Mode, Denial> {
         for node in &self.nodes {
             let count = node.gpu_count(self.policy);
             if gpu.0 >= count {
@@ -365,7 +468,11 @@ impl<'a> Scope<'a> {
             }
         }
         let mode = self.mode_of(gpu);
-        if let Some(other) = self.nodes.iter().find(|n| self.policy.gpu_mode(&n.name, gpu) != mode) {
+        if let Some(other) = self
+            .nodes
+            .iter()
+            .find(|n| self.policy.gpu_mode(&n.name, gpu) != mode)
+        {
             return Err(Denial::new(
                 Rule::ModeMismatch,
                 format!(
@@ -377,25 +484,19 @@ impl<'a> Scope<'a> {
                 ),
             ));
         }
-        match wanted {
-            Some(wanted) if wanted != mode => Err(Denial::new(
-                Rule::ModeMismatch,
-                format!(
-                    "the module asks for {wanted} ({}) but GPU {gpu} is in {mode} mode (policy gpuModes/defaultMode); \
-                     {}",
-                    mode_source(wanted),
-                    self.suggest_mode(wanted)
-                ),
-            )),
-            _ => Ok(mode),
-        }
+        Ok(mode)
     }
 
     fn suggest_mode(&self, wanted: Mode) -> String {
-        let count = self.nodes.iter().map(|n| n.gpu_count(self.policy)).min().unwrap_or(0);
+        let count = self
+            .nodes
+            .iter()
+            .map(|n| n.gpu_count(self.policy))
+            .min()
+            .unwrap_or(0);
         let matching: Vec<String> = (0..count)
             .map(GpuIndex)
-            .filter(|&g| self.usable(g, Some(wanted)).is_ok())
+            .filter(|&g| self.available(g) == Ok(wanted))
             .map(|g| g.to_string())
             .collect();
         if matching.is_empty() {
@@ -446,7 +547,9 @@ impl<'a> Scope<'a> {
                 let usage = self.inventory.usage(node, gpu, &self.key, self.policy);
                 match mode {
                     Mode::Mps => usage.percentage,
-                    Mode::TimeSlicing => usage.clients.saturating_mul(100) / self.policy.max_clients_per_gpu,
+                    Mode::TimeSlicing => {
+                        usage.clients.saturating_mul(100) / self.policy.max_clients_per_gpu
+                    }
                 }
             })
             .max()
@@ -454,7 +557,12 @@ impl<'a> Scope<'a> {
     }
 
     /// A named index (or the one kept on UPDATE): usable, and within capacity unless enforcement warns.
-    fn explicit(&self, gpu: GpuIndex, demand: &Demand, warnings: &mut Vec<String>) -> Result<GpuIndex, Denial> {
+    fn explicit(
+        &self,
+        gpu: GpuIndex,
+        demand: &Demand,
+        warnings: &mut Vec<String>,
+    ) -> Result<GpuIndex, Denial> {
         let mode = self.usable(gpu, demand.mode)?;
         if let Some(reason) = self.overflow(gpu, mode, demand) {
             self.over_capacity(reason, warnings)?;
@@ -477,20 +585,38 @@ impl<'a> Scope<'a> {
 
     /// `auto`: among usable GPUs that fit, the least or most loaded by strategy; ties to the lowest index.
     fn auto(&self, demand: &Demand, warnings: &mut Vec<String>) -> Result<GpuIndex, Denial> {
-        let count = self.nodes.iter().map(|n| n.gpu_count(self.policy)).min().unwrap_or(0);
+        let count = self
+            .nodes
+            .iter()
+            .map(|n| n.gpu_count(self.policy))
+            .min()
+            .unwrap_or(0);
         let mut usable = Vec::new();
         let mut refusals = Vec::new();
         for gpu in (0..count).map(GpuIndex) {
-            match self.usable(gpu, demand.mode) {
-                Ok(mode) => usable.push((gpu, mode)),
-                Err(denial) => refusals.push(format!("GPU {gpu}: {}", first_clause(&denial.message))),
+            match self.available(gpu) {
+                Ok(mode) if demand.mode.is_none_or(|wanted| wanted == mode) => {
+                    usable.push((gpu, mode))
+                }
+                Ok(mode) => refusals.push(format!("GPU {gpu} is in {mode} mode")),
+                Err(denial) => refusals.push(first_clause(&denial.message).to_string()),
             }
         }
         if usable.is_empty() {
-            let wanted = demand.mode.map(|m| format!("{m} ")).unwrap_or_default();
+            let (rule, wanted, hint) = match demand.mode {
+                Some(m) => (
+                    Rule::ModeMismatch,
+                    format!("{m} "),
+                    format!("ask an admin to switch a GPU to {m} (policy gpuModes), or drop the {m} annotations"),
+                ),
+                None => (Rule::Reserved, String::new(), "free a GPU from its VM or from reservedForVms".to_string()),
+            };
             return Err(Denial::new(
-                if demand.mode.is_some() { Rule::ModeMismatch } else { Rule::Reserved },
-                format!("no {wanted}GPU can be chosen automatically: {}", refusals.join("; ")),
+                rule,
+                format!(
+                    "no {wanted}GPU can be chosen automatically: {}; {hint}",
+                    refusals.join("; ")
+                ),
             ));
         }
         let fitting: Vec<(GpuIndex, u32)> = usable
@@ -504,11 +630,21 @@ impl<'a> Scope<'a> {
         let mut reasons = String::new();
         for (gpu, mode) in &usable {
             if let Some(reason) = self.overflow(*gpu, *mode, demand) {
-                let _ = write!(reasons, "{}{reason}", if reasons.is_empty() { "" } else { "; " });
+                let _ = write!(
+                    reasons,
+                    "{}{reason}",
+                    if reasons.is_empty() { "" } else { "; " }
+                );
             }
         }
-        let all: Vec<(GpuIndex, u32)> = usable.iter().map(|(g, m)| (*g, self.load(*g, *m))).collect();
-        self.over_capacity(format!("no GPU has room for this module: {reasons}"), warnings)?;
+        let all: Vec<(GpuIndex, u32)> = usable
+            .iter()
+            .map(|(g, m)| (*g, self.load(*g, *m)))
+            .collect();
+        self.over_capacity(
+            format!("no GPU has room for this module: {reasons}"),
+            warnings,
+        )?;
         Ok(self.pick(&all).expect("usable is not empty"))
     }
 
@@ -531,7 +667,9 @@ impl<'a> Scope<'a> {
 
 fn mode_source(mode: Mode) -> &'static str {
     match mode {
-        Mode::Mps => "gpushare.io/mode: mps, or implied by gpushare.io/mps-percentage or mps-memory-limit",
+        Mode::Mps => {
+            "gpushare.io/mode: mps, or implied by gpushare.io/mps-percentage or mps-memory-limit"
+        }
         Mode::TimeSlicing => "gpushare.io/mode: time-slicing",
     }
 }
@@ -542,10 +680,19 @@ fn first_clause(message: &str) -> &str {
 
 // ---- the mutation -----------------------------------------------------------------------------
 
-fn write_assignment(b: &mut PatchBuilder, workload: &Workload<'_>, selected: &[bool], a: &Assignment, policy: &Policy) {
+fn write_assignment(
+    b: &mut PatchBuilder,
+    workload: &Workload<'_>,
+    selected: &[bool],
+    a: &Assignment,
+    policy: &Policy,
+) {
     let gpu = a.gpu.to_string();
     let percentage = a.percentage.map(|p| p.to_string());
-    let mut set = vec![(ASSIGNED_GPU, gpu.clone()), (ASSIGNED_MODE, a.mode.as_str().to_string())];
+    let mut set = vec![
+        (ASSIGNED_GPU, gpu.clone()),
+        (ASSIGNED_MODE, a.mode.as_str().to_string()),
+    ];
     let mut remove = Vec::new();
     match &percentage {
         Some(p) => set.push((ASSIGNED_MPS_PERCENTAGE, p.clone())),
@@ -553,8 +700,20 @@ fn write_assignment(b: &mut PatchBuilder, workload: &Workload<'_>, selected: &[b
     }
     let template_meta = format!("{}/metadata", workload.template_path);
     let spec_path = format!("{}/spec", workload.template_path);
-    b.annotations("/metadata", true, workload.metadata.annotations.as_ref(), &set, &remove);
-    b.annotations(&template_meta, workload.template.metadata.is_some(), workload.template.annotations(), &set, &remove);
+    b.annotations(
+        "/metadata",
+        true,
+        workload.metadata.annotations.as_ref(),
+        &set,
+        &remove,
+    );
+    b.annotations(
+        &template_meta,
+        workload.template.metadata.is_some(),
+        workload.template.annotations(),
+        &set,
+        &remove,
+    );
 
     let mps = a.mode == Mode::Mps;
     let pipe = policy.mps_pipe_directory.as_deref().filter(|_| mps);

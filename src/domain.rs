@@ -71,7 +71,9 @@ pub struct Percentage(u8);
 
 impl Percentage {
     pub fn new(value: u64) -> Option<Percentage> {
-        (1..=100).contains(&value).then_some(Percentage(value as u8))
+        (1..=100)
+            .contains(&value)
+            .then_some(Percentage(value as u8))
     }
 
     pub fn get(self) -> u32 {

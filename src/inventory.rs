@@ -44,7 +44,10 @@ impl Placement {
 
     fn admits(&self, node: &Node) -> bool {
         (self.node_name.is_empty() || self.node_name == node.name)
-            && self.node_selector.iter().all(|(k, v)| node.labels.get(k) == Some(v))
+            && self
+                .node_selector
+                .iter()
+                .all(|(k, v)| node.labels.get(k) == Some(v))
     }
 }
 
@@ -93,12 +96,19 @@ impl Inventory {
             reported_gpus: Some(1),
             ..Node::default()
         };
-        Inventory { nodes: vec![node], modules: HashMap::new() }
+        Inventory {
+            nodes: vec![node],
+            modules: HashMap::new(),
+        }
     }
 
     /// The nodes a pod template may land on: those matching its nodeSelector and nodeName, or,
     /// when it sets neither, every node with at least one GPU.
-    pub fn candidates<'a>(&'a self, placement: &'a Placement, policy: &'a Policy) -> impl Iterator<Item = &'a Node> {
+    pub fn candidates<'a>(
+        &'a self,
+        placement: &'a Placement,
+        policy: &'a Policy,
+    ) -> impl Iterator<Item = &'a Node> {
         self.nodes.iter().filter(move |node| {
             if placement.is_unconstrained() {
                 node.gpu_count(policy) > 0
@@ -110,7 +120,13 @@ impl Inventory {
 
     /// Committed use of GPU `gpu` on `node`, leaving out the module `except` (an UPDATE replaces
     /// its own previous allocation instead of counting it twice).
-    pub fn usage(&self, node: &Node, gpu: GpuIndex, except: &ModuleKey, policy: &Policy) -> GpuUsage {
+    pub fn usage(
+        &self,
+        node: &Node,
+        gpu: GpuIndex,
+        except: &ModuleKey,
+        policy: &Policy,
+    ) -> GpuUsage {
         let mut usage = GpuUsage::default();
         for (key, module) in &self.modules {
             if key == except || module.assignment.gpu != gpu {
@@ -133,7 +149,10 @@ impl Inventory {
 
     /// Usage of every GPU of every node, for `status` and metrics.
     pub fn table(&self, policy: &Policy) -> Vec<GpuRow> {
-        let nobody = ModuleKey { namespace: String::new(), name: String::new() };
+        let nobody = ModuleKey {
+            namespace: String::new(),
+            name: String::new(),
+        };
         let mut rows = Vec::new();
         for node in &self.nodes {
             for i in 0..node.gpu_count(policy) {

@@ -4,11 +4,22 @@
 //! The core (`annotations`, `policy`, `inventory` -> `decision` -> `patch`) is pure; the shells
 //! (`server`, `check`, `cluster`) feed it and render its answers.
 
+pub mod admission;
 pub mod annotations;
+pub mod certs;
+pub mod check;
+pub mod cli;
+pub mod cluster;
+pub mod commands;
 pub mod decision;
 pub mod domain;
 pub mod inventory;
+pub mod metrics;
 pub mod patch;
 pub mod policy;
+pub mod server;
+pub mod service;
+pub mod status;
+pub mod tls;
 pub mod verdict;
 pub mod workload;

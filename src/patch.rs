@@ -29,15 +29,18 @@ fn pointer(base: &str, tokens: &[&str]) -> PointerBuf {
 
 impl PatchBuilder {
     fn add(&mut self, path: PointerBuf, value: Value) {
-        self.ops.push(PatchOperation::Add(AddOperation { path, value }));
+        self.ops
+            .push(PatchOperation::Add(AddOperation { path, value }));
     }
 
     fn replace(&mut self, path: PointerBuf, value: Value) {
-        self.ops.push(PatchOperation::Replace(ReplaceOperation { path, value }));
+        self.ops
+            .push(PatchOperation::Replace(ReplaceOperation { path, value }));
     }
 
     fn remove(&mut self, path: PointerBuf) {
-        self.ops.push(PatchOperation::Remove(RemoveOperation { path }));
+        self.ops
+            .push(PatchOperation::Remove(RemoveOperation { path }));
     }
 
     /// Sets and removes annotations on the metadata at `meta_path` (e.g. `/metadata`);
@@ -54,8 +57,10 @@ impl PatchBuilder {
             if set.is_empty() {
                 return;
             }
-            let map: Map<String, Value> =
-                set.iter().map(|(k, v)| (k.to_string(), Value::String(v.clone()))).collect();
+            let map: Map<String, Value> = set
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::String(v.clone())))
+                .collect();
             if meta_exists {
                 self.add(pointer(meta_path, &["annotations"]), Value::Object(map));
             } else {
@@ -94,11 +99,17 @@ impl PatchBuilder {
         let mut removals = Vec::new();
         let mut appends = Vec::new();
         for (name, desired) in changes {
-            let mut positions = env.iter().enumerate().filter(|(_, e)| e.name == *name).map(|(i, _)| i);
+            let mut positions = env
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.name == *name)
+                .map(|(i, _)| i);
             let first = positions.next();
             removals.extend(positions);
             match (first, desired) {
-                (Some(i), Some(value)) => self.set_existing(container_path, container, i, &env[i], value),
+                (Some(i), Some(value)) => {
+                    self.set_existing(container_path, container, i, &env[i], value)
+                }
                 (Some(i), None) => removals.push(i),
                 (None, Some(value)) => appends.push(json!({ "name": name, "value": value })),
                 (None, None) => {}
@@ -114,7 +125,14 @@ impl PatchBuilder {
         }
     }
 
-    fn set_existing(&mut self, container_path: &str, container: &Container, i: usize, entry: &EnvVar, value: &str) {
+    fn set_existing(
+        &mut self,
+        container_path: &str,
+        container: &Container,
+        i: usize,
+        entry: &EnvVar,
+        value: &str,
+    ) {
         if entry.value.as_deref() == Some(value) && entry.value_from.is_none() {
             return;
         }
@@ -127,16 +145,30 @@ impl PatchBuilder {
                 value
             ));
         }
-        self.replace(pointer(container_path, &["env", &i.to_string()]), json!({ "name": entry.name, "value": value }));
+        self.replace(
+            pointer(container_path, &["env", &i.to_string()]),
+            json!({ "name": entry.name, "value": value }),
+        );
     }
 
     /// Ensures a hostPath volume `name` at `host_path` exists in the pod spec at `spec_path`.
-    pub fn ensure_host_path_volume(&mut self, spec_path: &str, volumes: Option<&Vec<Volume>>, name: &str, host_path: &str) {
-        let volume = json!({ "name": name, "hostPath": { "path": host_path, "type": "Directory" } });
+    pub fn ensure_host_path_volume(
+        &mut self,
+        spec_path: &str,
+        volumes: Option<&Vec<Volume>>,
+        name: &str,
+        host_path: &str,
+    ) {
+        let volume =
+            json!({ "name": name, "hostPath": { "path": host_path, "type": "Directory" } });
         match volumes {
             None => self.add(pointer(spec_path, &["volumes"]), json!([volume])),
             Some(list) => match list.iter().position(|v| v.name == name) {
-                Some(i) if list[i].host_path.as_ref().is_some_and(|h| h.path == host_path) => {}
+                Some(i)
+                    if list[i]
+                        .host_path
+                        .as_ref()
+                        .is_some_and(|h| h.path == host_path) => {}
                 Some(i) => self.replace(pointer(spec_path, &["volumes", &i.to_string()]), volume),
                 None => self.add(pointer(spec_path, &["volumes", "-"]), volume),
             },
@@ -151,20 +183,34 @@ impl PatchBuilder {
     }
 
     /// Ensures a container mounts volume `name` at `path`.
-    pub fn ensure_mount(&mut self, container_path: &str, mounts: Option<&Vec<VolumeMount>>, name: &str, path: &str) {
+    pub fn ensure_mount(
+        &mut self,
+        container_path: &str,
+        mounts: Option<&Vec<VolumeMount>>,
+        name: &str,
+        path: &str,
+    ) {
         let mount = json!({ "name": name, "mountPath": path });
         match mounts {
             None => self.add(pointer(container_path, &["volumeMounts"]), json!([mount])),
             Some(list) => match list.iter().position(|m| m.name == name) {
                 Some(i) if list[i].mount_path == path => {}
-                Some(i) => self.replace(pointer(container_path, &["volumeMounts", &i.to_string()]), mount),
+                Some(i) => self.replace(
+                    pointer(container_path, &["volumeMounts", &i.to_string()]),
+                    mount,
+                ),
                 None => self.add(pointer(container_path, &["volumeMounts", "-"]), mount),
             },
         }
     }
 
     /// Removes every mount of volume `name` from a container.
-    pub fn remove_mounts(&mut self, container_path: &str, mounts: Option<&Vec<VolumeMount>>, name: &str) {
+    pub fn remove_mounts(
+        &mut self,
+        container_path: &str,
+        mounts: Option<&Vec<VolumeMount>>,
+        name: &str,
+    ) {
         let Some(list) = mounts else { return };
         for i in (0..list.len()).rev().filter(|&i| list[i].name == name) {
             self.remove(pointer(container_path, &["volumeMounts", &i.to_string()]));
@@ -213,7 +259,11 @@ mod tests {
     #[test]
     fn env_without_changes_yields_no_operation() {
         let mut b = PatchBuilder::default();
-        b.env("/c", &container(json!([{"name": "X", "value": "0"}])), &[("X", Some("0")), ("Y", None)]);
+        b.env(
+            "/c",
+            &container(json!([{"name": "X", "value": "0"}])),
+            &[("X", Some("0")), ("Y", None)],
+        );
         assert!(b.ops.is_empty() && b.warnings.is_empty());
     }
 
@@ -222,8 +272,17 @@ mod tests {
         let mut doc = json!({ "metadata": { "annotations": { "a": "b" } } });
         let current: BTreeMap<String, String> = [("a".to_string(), "b".to_string())].into();
         let mut b = PatchBuilder::default();
-        b.annotations("/metadata", true, Some(&current), &[("gpushare.io/assigned-gpu", "1".into())], &["a"]);
+        b.annotations(
+            "/metadata",
+            true,
+            Some(&current),
+            &[("gpushare.io/assigned-gpu", "1".into())],
+            &["a"],
+        );
         json_patch::patch(&mut doc, &b.ops).unwrap();
-        assert_eq!(doc, json!({ "metadata": { "annotations": { "gpushare.io/assigned-gpu": "1" } } }));
+        assert_eq!(
+            doc,
+            json!({ "metadata": { "annotations": { "gpushare.io/assigned-gpu": "1" } } })
+        );
     }
 }

@@ -20,7 +20,10 @@ pub enum PolicyError {
 }
 
 fn invalid(key: impl Into<String>, problem: impl Into<String>) -> PolicyError {
-    PolicyError::Value { key: key.into(), problem: problem.into() }
+    PolicyError::Value {
+        key: key.into(),
+        problem: problem.into(),
+    }
 }
 
 /// How `auto` chooses among GPUs that fit.
@@ -110,7 +113,11 @@ impl Policy {
 
     /// Whether GPU `gpu` on node `node` is kept free for a VM.
     pub fn is_reserved(&self, node: &str, gpu: GpuIndex) -> bool {
-        match self.nodes.get(node).and_then(|n| n.reserved_for_vms.as_ref()) {
+        match self
+            .nodes
+            .get(node)
+            .and_then(|n| n.reserved_for_vms.as_ref())
+        {
             Some(reserved) => reserved.contains(&gpu),
             None => self.reserved_for_vms.contains(&gpu),
         }
@@ -118,7 +125,10 @@ impl Policy {
 
     /// The policy's override of a node's GPU count, if any.
     pub fn gpu_count_override(&self, node: &str) -> Option<u32> {
-        self.nodes.get(node).and_then(|n| n.gpus).or(self.gpus_per_node)
+        self.nodes
+            .get(node)
+            .and_then(|n| n.gpus)
+            .or(self.gpus_per_node)
     }
 
     /// Client processes a GPU of `mode` may serve.
@@ -197,7 +207,9 @@ fn default_excluded_namespaces() -> Vec<String> {
 
 impl Default for RawNamespaces {
     fn default() -> Self {
-        RawNamespaces { exclude: default_excluded_namespaces() }
+        RawNamespaces {
+            exclude: default_excluded_namespaces(),
+        }
     }
 }
 
@@ -236,7 +248,9 @@ fn scalar_to_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error>
     match serde_yaml::Value::deserialize(d)? {
         serde_yaml::Value::String(s) => Ok(s),
         serde_yaml::Value::Number(n) => Ok(n.to_string()),
-        other => Err(de::Error::custom(format!("expected a GPU index or `auto`, found {other:?}"))),
+        other => Err(de::Error::custom(format!(
+            "expected a GPU index or `auto`, found {other:?}"
+        ))),
     }
 }
 
@@ -276,26 +290,40 @@ impl RawPolicy {
             .ok()
             .and_then(Percentage::new)
             .ok_or_else(|| {
-                invalid("defaultMpsPercentage", format!("{} must be 1..100", self.default_mps_percentage))
+                invalid(
+                    "defaultMpsPercentage",
+                    format!("{} must be 1..100", self.default_mps_percentage),
+                )
             })?;
         let cap = parse_count("maxMpsPercentagePerGpu", self.max_mps_percentage_per_gpu)?;
         let max_clients_per_gpu = parse_count("maxClientsPerGpu", self.max_clients_per_gpu)?;
         if max_clients_per_gpu == 0 {
-            return Err(invalid("maxClientsPerGpu", "0 would deny every module; use at least 1"));
+            return Err(invalid(
+                "maxClientsPerGpu",
+                "0 would deny every module; use at least 1",
+            ));
         }
-        let gpus_per_node =
-            self.gpus_per_node.map(|n| parse_count("gpusPerNode", n)).transpose()?;
+        let gpus_per_node = self
+            .gpus_per_node
+            .map(|n| parse_count("gpusPerNode", n))
+            .transpose()?;
         let mps_pipe_directory = match self.mps.pipe_directory.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(path) if path.starts_with('/') => Some(path.to_string()),
             Some(path) => {
-                return Err(invalid("mps.pipeDirectory", format!("{path:?} must be an absolute host path")))
+                return Err(invalid(
+                    "mps.pipeDirectory",
+                    format!("{path:?} must be an absolute host path"),
+                ))
             }
         };
         let mut nodes = BTreeMap::new();
         for (name, node) in self.nodes.unwrap_or_default() {
             let prefix = format!("nodes.{name}");
-            let gpus = node.gpus.map(|n| parse_count(&format!("{prefix}.gpus"), n)).transpose()?;
+            let gpus = node
+                .gpus
+                .map(|n| parse_count(&format!("{prefix}.gpus"), n))
+                .transpose()?;
             let node_policy = NodePolicy {
                 gpus,
                 gpu_modes: parse_modes(&format!("{prefix}.gpuModes"), node.gpu_modes)?,
@@ -318,7 +346,10 @@ impl RawPolicy {
             mps_pipe_directory,
             gpus_per_node,
             gpu_modes: parse_modes("gpuModes", self.gpu_modes)?,
-            reserved_for_vms: parse_indexes("reservedForVms", self.reserved_for_vms.unwrap_or_default())?,
+            reserved_for_vms: parse_indexes(
+                "reservedForVms",
+                self.reserved_for_vms.unwrap_or_default(),
+            )?,
             nodes,
             excluded_namespaces: self.namespaces.exclude.into_iter().collect(),
             enforcement: self.enforcement,
@@ -333,7 +364,11 @@ mod tests {
     #[test]
     fn embedded_default_matches_the_contract() {
         let p = Policy::default();
-        assert_eq!(p, Policy::from_yaml("").unwrap(), "the embedded file and the schema defaults agree");
+        assert_eq!(
+            p,
+            Policy::from_yaml("").unwrap(),
+            "the embedded file and the schema defaults agree"
+        );
         assert_eq!(p.default_mode, Mode::TimeSlicing);
         assert_eq!(p.default_gpu, GpuChoice::Auto);
         assert_eq!(p.default_mps_percentage.get(), 50);
@@ -394,7 +429,10 @@ mod tests {
         ];
         for (yaml, mention) in cases {
             let err = Policy::from_yaml(yaml).expect_err(yaml).to_string();
-            assert!(err.contains(mention), "{yaml:?} -> {err:?} should mention {mention:?}");
+            assert!(
+                err.contains(mention),
+                "{yaml:?} -> {err:?} should mention {mention:?}"
+            );
         }
     }
 }

@@ -47,7 +47,8 @@ pub struct Assignment {
 impl Assignment {
     /// Committed MPS percentage: replicas x percentage (0 in time-slicing mode).
     pub fn committed_percentage(&self) -> u32 {
-        self.percentage.map_or(0, |p| p.get().saturating_mul(self.replicas))
+        self.percentage
+            .map_or(0, |p| p.get().saturating_mul(self.replicas))
     }
 
     /// `gpu=1 mode=mps 20%`, as `gpushare check` prints it.
@@ -103,7 +104,10 @@ pub struct Denial {
 
 impl Denial {
     pub fn new(rule: Rule, message: impl Into<String>) -> Denial {
-        Denial { rule, message: message.into() }
+        Denial {
+            rule,
+            message: message.into(),
+        }
     }
 
     pub fn code(&self) -> u16 {

@@ -69,7 +69,10 @@ impl Deployment {
 
     /// Replicas as the API server defaults them: a missing value means 1.
     pub fn replicas(&self) -> u32 {
-        self.spec.replicas.unwrap_or(1).clamp(0, i64::from(u32::MAX)) as u32
+        self.spec
+            .replicas
+            .unwrap_or(1)
+            .clamp(0, i64::from(u32::MAX)) as u32
     }
 }
 
@@ -191,7 +194,9 @@ impl<'de> Deserialize<'de> for Quantity {
         match serde_json::Value::deserialize(d)? {
             serde_json::Value::String(s) => Ok(Quantity(s)),
             serde_json::Value::Number(n) => Ok(Quantity(n.to_string())),
-            other => Err(serde::de::Error::custom(format!("invalid quantity {other}"))),
+            other => Err(serde::de::Error::custom(format!(
+                "invalid quantity {other}"
+            ))),
         }
     }
 }
@@ -240,7 +245,9 @@ mod tests {
         assert_eq!(d.metadata.name, "x");
         assert_eq!(d.replicas(), 2);
         assert_eq!(d.spec.template.spec.containers[0].name, "nginx");
-        assert!(d.spec.template.spec.containers[0].env_entries()[0].value_from.is_some());
+        assert!(d.spec.template.spec.containers[0].env_entries()[0]
+            .value_from
+            .is_some());
         assert!(d.spec.template.annotations().is_none());
     }
 

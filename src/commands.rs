@@ -1,0 +1,194 @@
+//! The subcommands, wired from the parsed command line to the core and the shells.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::check;
+use crate::cli::{
+    CertsArgs, CheckArgs, CheckOutput, LogFormat, ServeArgs, StatusArgs, StatusOutput,
+};
+use crate::inventory::Inventory;
+use crate::metrics::Metrics;
+use crate::policy::Policy;
+use crate::server::{self, AppState, Limits};
+use crate::service::{AdmissionService, Backend, StaticBackend};
+use crate::status;
+use crate::tls::{self, ReloadingCert};
+
+/// Exit codes of `check` (and usage errors, which clap reports with 2 as well).
+pub const EXIT_DENIED: u8 = 1;
+pub const EXIT_ERROR: u8 = 2;
+
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Reads and validates a policy file.
+pub fn read_policy(path: &Path) -> anyhow::Result<Policy> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read policy {}", path.display()))?;
+    Policy::from_yaml(&text).with_context(|| format!("invalid policy {}", path.display()))
+}
+
+fn policy_or_default(path: Option<&Path>) -> anyhow::Result<Policy> {
+    path.map(read_policy)
+        .transpose()
+        .map(Option::unwrap_or_default)
+}
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    tls::install_default_provider();
+    let metrics = Arc::new(Metrics::new());
+    let cert = Arc::new(ReloadingCert::load(&args.tls_cert, &args.tls_key).with_context(|| {
+        format!(
+            "cannot load the serving certificate {} / {} (run `gpushare certs` to make development certificates)",
+            args.tls_cert.display(),
+            args.tls_key.display()
+        )
+    })?);
+    let tls_config = tls::server_config(cert.clone(), args.client_ca.as_deref())?;
+    if let Some(expiry) = tls::not_after(&cert.current()) {
+        metrics.certificate_expiry.set(expiry);
+    }
+    let expiry_gauge = metrics.clone();
+    cert.clone().watch(Duration::from_secs(2), move |key| {
+        if let Some(expiry) = tls::not_after(key) {
+            expiry_gauge.certificate_expiry.set(expiry);
+        }
+    });
+
+    let backend: Arc<dyn Backend> = if args.standalone {
+        let policy = policy_or_default(args.policy.as_deref())?;
+        tracing::info!(gpus = ?args.gpus, policy = ?args.policy, "standalone mode: one implicit node named standalone");
+        Arc::new(StaticBackend {
+            policy,
+            inventory: Inventory::standalone(args.gpus),
+        })
+    } else {
+        let fixed_policy = args.policy.as_deref().map(read_policy).transpose()?;
+        crate::cluster::start(&args.policy_configmap, fixed_policy, metrics.clone()).await?
+    };
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    tracing::info!("listening on https://{address}");
+    let state = Arc::new(AppState {
+        service: AdmissionService {
+            backend,
+            metrics: metrics.clone(),
+        },
+        metrics,
+        shutting_down: AtomicBool::new(false),
+        request_timeout: Limits::default().request_timeout,
+    });
+    let limits = Limits {
+        max_connections: args.max_connections,
+        drain_delay: Duration::from_secs_f64(args.drain_delay.max(0.0)),
+        shutdown_timeout: Duration::from_secs_f64(args.shutdown_timeout.max(0.0)),
+        ..Limits::default()
+    };
+    server::serve(listener, tls_config, state, limits, shutdown_signal()).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler cannot fail at start-up");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+pub fn check(args: CheckArgs) -> ExitCode {
+    let policy = match policy_or_default(args.policy.as_deref()) {
+        Ok(policy) => policy,
+        Err(error) => return fail(&error),
+    };
+    let documents = match check::load(&args.files) {
+        Ok(documents) => documents,
+        Err(error) => return fail(&error.into()),
+    };
+    let report = check::check(documents, &policy, Inventory::standalone(args.gpus));
+    let to_stderr = args.output == Some(CheckOutput::Yaml);
+    for line in &report.lines {
+        if to_stderr {
+            eprintln!("{}", line.text);
+        } else {
+            println!("{}", line.text);
+        }
+        for warning in &line.warnings {
+            eprintln!("  warning: {warning}");
+        }
+    }
+    if to_stderr {
+        print!("{}", check::to_yaml(&report.objects));
+    }
+    if report.all_allowed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_DENIED)
+    }
+}
+
+pub fn certs(args: CertsArgs) -> ExitCode {
+    match crate::certs::write(&args.out, &args.service, &args.namespace, args.days) {
+        Ok(written) => {
+            eprintln!(
+                "wrote {}, {} and {} (keys mode 0600); caBundle for the MutatingWebhookConfiguration:",
+                written.ca_cert.display(),
+                written.cert.display(),
+                written.key.display()
+            );
+            println!("{}", written.ca_bundle);
+            ExitCode::SUCCESS
+        }
+        Err(error) => fail(&error.into()),
+    }
+}
+
+pub async fn status(args: StatusArgs) -> ExitCode {
+    let result = if args.from.is_empty() {
+        crate::cluster::snapshot(&args.policy_configmap, args.policy.as_deref()).await
+    } else {
+        policy_or_default(args.policy.as_deref()).and_then(|policy| {
+            let documents = check::load(&args.from)?;
+            let report = check::check(documents, &policy, Inventory::standalone(args.gpus));
+            Ok((policy, report.inventory))
+        })
+    };
+    let (policy, inventory) = match result {
+        Ok(found) => found,
+        Err(error) => return fail(&error),
+    };
+    let rows = status::rows(&inventory, &policy);
+    match args.output {
+        StatusOutput::Table => print!("{}", status::render_table(&rows)),
+        StatusOutput::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).expect("rows serialize")
+        ),
+    }
+    ExitCode::SUCCESS
+}
+
+fn fail(error: &anyhow::Error) -> ExitCode {
+    eprintln!("gpushare: {error:#}");
+    ExitCode::from(EXIT_ERROR)
+}

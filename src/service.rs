@@ -1,0 +1,185 @@
+//! The admission service: body in, AdmissionReview out. It routes kinds and operations, calls the
+//! backend's decision, and records metrics and one log line per admission. No HTTP types here.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::admission::{self, BadReview, ReviewResponse};
+use crate::decision::{self, Operation, Request};
+use crate::inventory::Inventory;
+use crate::metrics::{Decision, Metrics, RequestLabels};
+use crate::policy::Policy;
+use crate::verdict::{Outcome, Verdict};
+use crate::workload::Deployment;
+
+/// Where decisions are made: a fixed policy and node (standalone) or the cluster's live caches.
+pub trait Backend: Send + Sync {
+    /// Decides one request; unless `dry_run`, an allowed module is recorded so that concurrent
+    /// admissions cannot double-book its GPU.
+    fn admit(&self, request: &Request<'_>, dry_run: bool) -> Verdict;
+    /// Whether every cache this backend reads has synced once.
+    fn ready(&self) -> bool;
+}
+
+/// Standalone mode: one policy, one implicit node, capacity checked per request.
+pub struct StaticBackend {
+    pub policy: Policy,
+    pub inventory: Inventory,
+}
+
+impl Backend for StaticBackend {
+    fn admit(&self, request: &Request<'_>, _dry_run: bool) -> Verdict {
+        decision::decide(request, &self.policy, &self.inventory)
+    }
+
+    fn ready(&self) -> bool {
+        true
+    }
+}
+
+pub struct AdmissionService {
+    pub backend: Arc<dyn Backend>,
+    pub metrics: Arc<Metrics>,
+}
+
+fn parse_deployment(
+    kind: &str,
+    raw: &serde_json::value::RawValue,
+) -> Result<Deployment, BadReview> {
+    serde_json::from_str(raw.get()).map_err(|e| BadReview::Object {
+        kind: kind.into(),
+        error: e.to_string(),
+    })
+}
+
+impl AdmissionService {
+    /// Answers one body: `Ok` with the serialized AdmissionReview, or `Err` for HTTP 400.
+    pub fn review(&self, body: &[u8]) -> Result<Vec<u8>, BadReview> {
+        let started = Instant::now();
+        let result = self.review_inner(body);
+        self.metrics
+            .latency
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(response) => Ok(serde_json::to_vec(&response).expect("responses serialize")),
+            Err(error) => {
+                self.metrics.bad_requests.inc();
+                tracing::warn!(%error, "rejected a malformed admission request");
+                Err(error)
+            }
+        }
+    }
+
+    fn review_inner(&self, body: &[u8]) -> Result<ReviewResponse, BadReview> {
+        let started = Instant::now();
+        let request = admission::parse(body)?;
+        let operation = match request.operation.as_str() {
+            "CREATE" => Operation::Create,
+            "UPDATE" => Operation::Update,
+            other => {
+                self.count(operation_label(other), Decision::skipped, "operation");
+                return Ok(ReviewResponse::allow(&request.uid));
+            }
+        };
+        if request.kind.group != "apps" || request.kind.kind != "Deployment" {
+            self.count(
+                operation_label(&request.operation),
+                Decision::skipped,
+                "kind",
+            );
+            return Ok(ReviewResponse::allow(&request.uid));
+        }
+        let raw = admission::present(request.object)
+            .ok_or_else(|| BadReview::NoObject(request.operation.clone()))?;
+        let object = parse_deployment(&request.kind.kind, raw)?;
+        let old_object = admission::present(request.old_object)
+            .map(|raw| parse_deployment(&request.kind.kind, raw))
+            .transpose()?;
+        let namespace = request
+            .namespace
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .or(Some(object.metadata.namespace.as_str()).filter(|n| !n.is_empty()))
+            .unwrap_or("default");
+        let name = request
+            .name
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .or(Some(object.metadata.name.as_str()).filter(|n| !n.is_empty()))
+            .unwrap_or(object.metadata.generate_name.as_str());
+        let decision_request = Request {
+            operation,
+            namespace,
+            name,
+            object: &object,
+            old_object: old_object.as_ref(),
+        };
+        let dry_run = request.dry_run.unwrap_or(false);
+        let verdict = self.backend.admit(&decision_request, dry_run);
+        self.record(&request, namespace, name, dry_run, &verdict, started);
+        Ok(ReviewResponse::new(&request.uid, &verdict))
+    }
+
+    fn count(&self, operation: &'static str, decision: Decision, reason: &'static str) {
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                operation,
+                decision,
+                reason,
+            })
+            .inc();
+    }
+
+    fn record(
+        &self,
+        request: &admission::AdmissionRequest<'_>,
+        namespace: &str,
+        name: &str,
+        dry_run: bool,
+        verdict: &Verdict,
+        started: Instant,
+    ) {
+        let operation = operation_label(&request.operation);
+        let latency_us = started.elapsed().as_micros() as u64;
+        match verdict {
+            Verdict::Allowed(m) => {
+                let (decision, reason) = match &m.outcome {
+                    Outcome::Excluded => (Decision::allowed, "excluded_namespace"),
+                    Outcome::Unmanaged => (Decision::allowed, "unmanaged"),
+                    Outcome::Released => (Decision::patched, "released"),
+                    Outcome::Assigned(_) if m.patch.is_empty() => (Decision::allowed, "assigned"),
+                    Outcome::Assigned(_) => (Decision::patched, "assigned"),
+                };
+                self.count(operation, decision, reason);
+                let assignment = match &m.outcome {
+                    Outcome::Assigned(a) => a.summary(),
+                    _ => String::new(),
+                };
+                tracing::info!(
+                    uid = %request.uid, object = %format_args!("{namespace}/{name}"), operation, dry_run,
+                    decision = "allowed", reason, assignment, warnings = m.warnings.len(), latency_us,
+                    "admission"
+                );
+            }
+            Verdict::Denied(d) => {
+                self.count(operation, Decision::denied, d.rule.as_str());
+                tracing::info!(
+                    uid = %request.uid, object = %format_args!("{namespace}/{name}"), operation, dry_run,
+                    decision = "denied", reason = d.rule.as_str(), message = %d.message, latency_us,
+                    "admission"
+                );
+            }
+        }
+    }
+}
+
+fn operation_label(operation: &str) -> &'static str {
+    match operation {
+        "CREATE" => "CREATE",
+        "UPDATE" => "UPDATE",
+        "DELETE" => "DELETE",
+        "CONNECT" => "CONNECT",
+        _ => "OTHER",
+    }
+}
