@@ -1,0 +1,124 @@
+//! Cluster mode: watch-driven caches of nodes, the policy ConfigMap and managed Deployments feed
+//! the decision core; admission reads them and never calls the API server.
+
+mod convert;
+mod state;
+mod watch;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Node};
+use kube::api::ListParams;
+use kube::{Api, Client};
+
+pub use state::{Cache, ClusterState, RESERVATION_TTL};
+
+use crate::inventory::Inventory;
+use crate::metrics::Metrics;
+use crate::policy::Policy;
+use crate::service::Backend;
+
+/// Splits `NAMESPACE/NAME`.
+pub fn configmap_ref(value: &str) -> anyhow::Result<(String, String)> {
+    match value.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_string(), name.to_string()))
+        }
+        _ => anyhow::bail!("--policy-configmap must be NAMESPACE/NAME, got {value:?}"),
+    }
+}
+
+async fn client() -> anyhow::Result<Client> {
+    Client::try_default()
+        .await
+        .context("no cluster configuration (KUBECONFIG, ~/.kube/config or in-cluster); run with --standalone to serve without a cluster")
+}
+
+/// Starts the watchers and returns the backend admissions use. Does not wait for the API server:
+/// readiness turns on once every cache has synced.
+pub async fn start(
+    configmap: &str,
+    fixed_policy: Option<Policy>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Arc<dyn Backend>> {
+    let (namespace, name) = configmap_ref(configmap)?;
+    let client = client().await?;
+    let state = Arc::new(ClusterState::new(
+        fixed_policy.clone().unwrap_or_default(),
+        metrics.clone(),
+    ));
+    tokio::spawn(watch::nodes(client.clone(), state.clone()));
+    tokio::spawn(watch::deployments(client.clone(), state.clone()));
+    match fixed_policy {
+        Some(_) => {
+            tracing::info!("policy from --policy; the ConfigMap is not read");
+            state.mark_synced(Cache::Policy);
+        }
+        None => {
+            tracing::info!(configmap = %format!("{namespace}/{name}"), "watching the policy ConfigMap");
+            tokio::spawn(watch::policy(
+                client,
+                state.clone(),
+                metrics,
+                namespace,
+                name,
+            ));
+        }
+    }
+    Ok(state)
+}
+
+/// Reads the cluster once, for `gpushare status`.
+pub async fn snapshot(
+    configmap: &str,
+    policy_file: Option<&Path>,
+) -> anyhow::Result<(Policy, Inventory)> {
+    let (namespace, name) = configmap_ref(configmap)?;
+    let client = client().await?;
+    let policy = match policy_file {
+        Some(path) => crate::commands::read_policy(path)?,
+        None => {
+            let api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+            match api
+                .get_opt(&name)
+                .await
+                .context("cannot read the policy ConfigMap")?
+            {
+                Some(cm) => {
+                    let text = cm
+                        .data
+                        .as_ref()
+                        .and_then(|d| d.get(watch::POLICY_KEY))
+                        .cloned()
+                        .unwrap_or_default();
+                    Policy::from_yaml(&text).unwrap_or_else(|error| {
+                        eprintln!("warning: the policy ConfigMap is invalid ({error}); showing the embedded default");
+                        Policy::default()
+                    })
+                }
+                None => Policy::default(),
+            }
+        }
+    };
+    let nodes = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .context("cannot list nodes")?;
+    let deployments = Api::<Deployment>::all(client)
+        .list(&ListParams::default())
+        .await
+        .context("cannot list deployments")?;
+    let mut inventory = Inventory {
+        nodes: nodes.items.iter().map(convert::node).collect(),
+        ..Inventory::default()
+    };
+    for d in &deployments.items {
+        if let Some(module) = convert::module(d) {
+            inventory.modules.insert(convert::module_key(d), module);
+        }
+    }
+    Ok((policy, inventory))
+}

@@ -1,0 +1,207 @@
+//! The watchers: kube-runtime streams of Nodes, Deployments and the policy ConfigMap, each feeding
+//! `ClusterState`. They relist after a `410 Gone`, retry with backoff while the API server is away,
+//! and never block admissions, which keep answering from the last view.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, ObjectReference};
+use kube::runtime::events::{Event as K8sEvent, EventType, Recorder, Reporter};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client, Resource};
+
+use super::convert;
+use super::state::{Cache, ClusterState};
+use crate::metrics::{Metrics, ResultLabels};
+use crate::policy::Policy;
+
+/// The ConfigMap key that holds the policy.
+pub const POLICY_KEY: &str = "policy.yaml";
+
+/// The events of a watch stream, with errors logged (once per outage) instead of returned: the
+/// watcher retries by itself with backoff.
+fn logged<K, S>(cache: Cache, stream: S) -> impl Stream<Item = Event<K>>
+where
+    S: Stream<Item = Result<Event<K>, watcher::Error>>,
+{
+    let mut failing = false;
+    stream.filter_map(move |item| {
+        let event = match item {
+            Ok(event) => {
+                if failing {
+                    tracing::info!(cache = cache.name(), "watch resumed; resynchronising");
+                    failing = false;
+                }
+                Some(event)
+            }
+            Err(error) if !failing => {
+                failing = true;
+                tracing::warn!(cache = cache.name(), %error, "API server unreachable; answering from caches that may be stale");
+                None
+            }
+            Err(error) => {
+                tracing::debug!(cache = cache.name(), %error, "watch still failing");
+                None
+            }
+        };
+        std::future::ready(event)
+    })
+}
+
+pub async fn nodes(client: Client, state: Arc<ClusterState>) {
+    let api: Api<Node> = Api::all(client);
+    let mut listing = Vec::new();
+    let events = logged(
+        Cache::Nodes,
+        watcher::watcher(api, watcher::Config::default()).default_backoff(),
+    );
+    let mut events = std::pin::pin!(events);
+    while let Some(event) = events.next().await {
+        match event {
+            Event::Init => listing.clear(),
+            Event::InitApply(node) => listing.push(convert::node(&node)),
+            Event::InitDone => {
+                state.replace_nodes(std::mem::take(&mut listing));
+                state.mark_synced(Cache::Nodes);
+            }
+            Event::Apply(node) => state.apply_node(convert::node(&node)),
+            Event::Delete(node) => state.delete_node(&node.metadata.name.unwrap_or_default()),
+        }
+    }
+}
+
+pub async fn deployments(client: Client, state: Arc<ClusterState>) {
+    let api: Api<Deployment> = Api::all(client);
+    let mut listing = HashMap::new();
+    let events = logged(
+        Cache::Deployments,
+        watcher::watcher(api, watcher::Config::default()).default_backoff(),
+    );
+    let mut events = std::pin::pin!(events);
+    while let Some(event) = events.next().await {
+        match event {
+            Event::Init => listing.clear(),
+            Event::InitApply(d) => {
+                if let Some(module) = convert::module(&d) {
+                    listing.insert(convert::module_key(&d), module);
+                }
+            }
+            Event::InitDone => {
+                state.replace_modules(std::mem::take(&mut listing));
+                state.mark_synced(Cache::Deployments);
+            }
+            Event::Apply(d) => state.apply_module(convert::module_key(&d), convert::module(&d)),
+            Event::Delete(d) => state.apply_module(convert::module_key(&d), None),
+        }
+    }
+}
+
+pub async fn policy(
+    client: Client,
+    state: Arc<ClusterState>,
+    metrics: Arc<Metrics>,
+    namespace: String,
+    name: String,
+) {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let reporter = Reporter {
+        controller: "gpushare".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let recorder = Recorder::new(client, reporter);
+    let configmap = format!("{namespace}/{name}");
+    // Whether the current listing showed the ConfigMap, and whether the policy in force came from it.
+    let mut listed = false;
+    let mut from_configmap = false;
+    let events = logged(
+        Cache::Policy,
+        watcher::watcher(api, config).default_backoff(),
+    );
+    let mut events = std::pin::pin!(events);
+    while let Some(event) = events.next().await {
+        let cm = match event {
+            Event::Init => {
+                listed = false;
+                continue;
+            }
+            Event::InitDone => {
+                if !listed && (from_configmap || !state.is_synced()) {
+                    tracing::info!(%configmap, "policy ConfigMap not found; the embedded default policy is in force");
+                    state.set_policy(Policy::default());
+                    from_configmap = false;
+                }
+                state.mark_synced(Cache::Policy);
+                continue;
+            }
+            Event::Delete(_) => {
+                tracing::info!(%configmap, "policy ConfigMap deleted; the embedded default policy is in force");
+                state.set_policy(Policy::default());
+                from_configmap = false;
+                continue;
+            }
+            Event::InitApply(cm) => {
+                listed = true;
+                cm
+            }
+            Event::Apply(cm) => cm,
+        };
+        match parse_policy(&cm) {
+            Ok(policy) => {
+                if *state.policy() != policy {
+                    tracing::info!(%configmap, "policy updated from the ConfigMap");
+                }
+                state.set_policy(policy);
+                from_configmap = true;
+                metrics
+                    .policy_reloads
+                    .get_or_create(&ResultLabels { result: "success" })
+                    .inc();
+            }
+            Err(reason) => {
+                metrics
+                    .policy_reloads
+                    .get_or_create(&ResultLabels { result: "failure" })
+                    .inc();
+                tracing::error!(%configmap, %reason, "invalid policy rejected; the last valid policy stays in force");
+                publish_rejection(&recorder, &cm, &reason).await;
+            }
+        }
+    }
+}
+
+fn parse_policy(cm: &ConfigMap) -> Result<Policy, String> {
+    let text = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get(POLICY_KEY))
+        .ok_or_else(|| format!("the ConfigMap has no {POLICY_KEY} key"))?;
+    Policy::from_yaml(text).map_err(|e| e.to_string())
+}
+
+async fn publish_rejection(recorder: &Recorder, cm: &ConfigMap, reason: &str) {
+    let reference: ObjectReference = cm.object_ref(&());
+    let event = K8sEvent {
+        type_: EventType::Warning,
+        reason: "InvalidPolicy".into(),
+        note: Some(truncate(
+            &format!("policy rejected, the last valid policy stays in force: {reason}"),
+            1000,
+        )),
+        action: "LoadPolicy".into(),
+        secondary: None,
+    };
+    if let Err(error) = recorder.publish(&event, &reference).await {
+        tracing::warn!(%error, "could not record the invalid-policy Event");
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_string(),
+    }
+}
