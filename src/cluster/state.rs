@@ -284,3 +284,149 @@ impl Backend for ClusterState {
         self.is_synced()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::Operation;
+    use crate::domain::{GpuIndex, Mode, Percentage};
+    use crate::verdict::Assignment;
+    use crate::workload::Deployment;
+
+    fn state(gpus: u32) -> ClusterState {
+        let state = ClusterState::new(
+            Policy::from_yaml("gpuModes: {0: mps, 1: mps}").unwrap(),
+            Arc::new(Metrics::new()),
+        );
+        state.replace_nodes(vec![Node {
+            name: "edge".into(),
+            reported_gpus: Some(gpus),
+            ..Node::default()
+        }]);
+        state
+    }
+
+    fn deployment(name: &str, replicas: u32, percentage: u32) -> Deployment {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "ns",
+                "annotations": {"gpushare.io/gpu": "auto", "gpushare.io/mps-percentage": percentage.to_string()}},
+            "spec": {"replicas": replicas, "template": {"spec": {"containers": [{"name": "c"}]}}}
+        }))
+        .unwrap()
+    }
+
+    fn admit(state: &ClusterState, object: &Deployment, dry_run: bool) -> Verdict {
+        let request = Request {
+            operation: Operation::Create,
+            namespace: "ns",
+            name: &object.metadata.name,
+            object,
+            old_object: None,
+        };
+        state.admit(&request, dry_run)
+    }
+
+    fn assigned(verdict: &Verdict) -> Option<GpuIndex> {
+        match verdict {
+            Verdict::Allowed(m) => match &m.outcome {
+                Outcome::Assigned(a) => Some(a.gpu),
+                _ => None,
+            },
+            Verdict::Denied(_) => None,
+        }
+    }
+
+    fn module(gpu: u32, replicas: u32, percentage: u64) -> Module {
+        Module {
+            placement: Placement::default(),
+            assignment: Assignment {
+                gpu: GpuIndex(gpu),
+                mode: Mode::Mps,
+                percentage: Percentage::new(percentage),
+                memory_limit: None,
+                replicas,
+                clients: replicas,
+            },
+        }
+    }
+
+    #[test]
+    fn racing_admissions_do_not_double_book_a_gpu() {
+        let state = state(1);
+        assert_eq!(
+            assigned(&admit(&state, &deployment("a", 1, 60), false)),
+            Some(GpuIndex(0))
+        );
+        // The cache does not show `a` yet; its reservation still counts.
+        assert!(matches!(
+            admit(&state, &deployment("b", 1, 60), false),
+            Verdict::Denied(_)
+        ));
+    }
+
+    #[test]
+    fn dry_run_reserves_nothing() {
+        let state = state(1);
+        assert!(assigned(&admit(&state, &deployment("a", 1, 60), true)).is_some());
+        assert!(assigned(&admit(&state, &deployment("b", 1, 60), true)).is_some());
+    }
+
+    #[test]
+    fn auto_spreads_over_reservations_and_the_cache_takes_over() {
+        let state = state(2);
+        assert_eq!(
+            assigned(&admit(&state, &deployment("a", 1, 40), false)),
+            Some(GpuIndex(0))
+        );
+        assert_eq!(
+            assigned(&admit(&state, &deployment("b", 1, 40), false)),
+            Some(GpuIndex(1))
+        );
+        let key = ModuleKey {
+            namespace: "ns".into(),
+            name: "a".into(),
+        };
+        state.apply_module(key.clone(), Some(module(0, 1, 40)));
+        assert!(
+            state.lock().reservations.get(&key).is_none(),
+            "a shown by the cache: reservation dropped"
+        );
+        state.apply_module(key, None);
+        let (_, view) = state.snapshot();
+        assert_eq!(
+            view.modules.len(),
+            1,
+            "deleting a frees its share; b is still reserved"
+        );
+    }
+
+    #[test]
+    fn a_cached_module_counts_until_deleted() {
+        let state = state(1);
+        let key = ModuleKey {
+            namespace: "ns".into(),
+            name: "old".into(),
+        };
+        state.apply_module(key.clone(), Some(module(0, 2, 50)));
+        assert!(matches!(
+            admit(&state, &deployment("new", 1, 10), false),
+            Verdict::Denied(_)
+        ));
+        state.apply_module(key, None);
+        assert_eq!(
+            assigned(&admit(&state, &deployment("new", 1, 10), false)),
+            Some(GpuIndex(0))
+        );
+    }
+
+    #[test]
+    fn readiness_needs_every_cache() {
+        let state = state(1);
+        assert!(!state.ready());
+        state.mark_synced(Cache::Nodes);
+        state.mark_synced(Cache::Policy);
+        assert!(!state.ready());
+        state.mark_synced(Cache::Deployments);
+        assert!(state.ready());
+    }
+}
