@@ -162,6 +162,34 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let app = router(state.clone());
+    let on_shutdown = {
+        let state = state.clone();
+        async move {
+            shutdown.await;
+            state.shutting_down.store(true, Ordering::Relaxed);
+        }
+    };
+    serve_app(
+        listener,
+        tls,
+        app,
+        state.metrics.clone(),
+        limits,
+        on_shutdown,
+    )
+    .await
+}
+
+/// The accept loop for any router (the benchmark's ceiling reuses it). `shutdown` completing
+/// starts the drain delay.
+pub async fn serve_app(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    app: Router,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
     let acceptor = TlsAcceptor::from(tls);
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
@@ -174,7 +202,6 @@ pub async fn serve(
 
     let drain = async {
         shutdown.await;
-        state.shutting_down.store(true, Ordering::Relaxed);
         tracing::info!(drain_delay = ?limits.drain_delay, "shutdown requested: readiness off, still serving");
         tokio::time::sleep(limits.drain_delay).await;
     };
@@ -201,7 +228,7 @@ pub async fn serve(
         let service = TowerToHyperService::new(app.clone());
         let builder = builder.clone();
         let watcher = graceful.watcher();
-        let metrics = state.metrics.clone();
+        let metrics = metrics.clone();
         let handshake_timeout = limits.handshake_timeout;
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
