@@ -172,7 +172,7 @@ fn parse_gpu(raw: &str) -> Result<GpuChoice, Denial> {
     let range = value.contains('-')
         && value
             .split('-')
-            .all(|p| p.bytes().all(|b| b.is_ascii_digit()));
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
     let uuid = lower.starts_with("gpu-") || lower.starts_with("mig-");
     let message = if several || range {
         format!(

@@ -97,12 +97,13 @@ fn decide_managed(
     };
     let scope = Scope::new(request.key(), &placement, policy, inventory)?;
     let kept = kept_gpu(request, &user);
-    let gpu = match (module.gpu, kept) {
-        (GpuChoice::Index(gpu), _) => scope.explicit(gpu, &demand, &mut builder.warnings)?,
-        (GpuChoice::Auto, Some(gpu)) if scope.usable(gpu, demand.mode).is_ok() => {
+    // A kept GPU wins even over a policy defaultGpu changed since: modules move only when their user asks.
+    let gpu = match (kept, module.gpu) {
+        (Some(gpu), _) if scope.usable(gpu, demand.mode).is_ok() => {
             scope.explicit(gpu, &demand, &mut builder.warnings)?
         }
-        (GpuChoice::Auto, _) => scope.auto(&demand, &mut builder.warnings)?,
+        (_, GpuChoice::Index(gpu)) => scope.explicit(gpu, &demand, &mut builder.warnings)?,
+        (_, GpuChoice::Auto) => scope.auto(&demand, &mut builder.warnings)?,
     };
     let mode = scope.mode_of(gpu);
     let assignment = Assignment {
