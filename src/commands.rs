@@ -15,14 +15,18 @@ use crate::cli::{
 use crate::inventory::Inventory;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
+use crate::policy_file;
 use crate::server::{self, AppState, Limits};
-use crate::service::{AdmissionService, Backend, StaticBackend};
+use crate::service::{AdmissionService, Backend, StandaloneBackend};
 use crate::status;
 use crate::tls::{self, ReloadingCert};
 
 /// Exit codes of `check` (and usage errors, which clap reports with 2 as well).
 pub const EXIT_DENIED: u8 = 1;
 pub const EXIT_ERROR: u8 = 2;
+
+/// How often a `--policy` file is checked for changes.
+const POLICY_FILE_POLL: Duration = Duration::from_secs(1);
 
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -73,13 +77,28 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let backend: Arc<dyn Backend> = if args.standalone {
         let policy = policy_or_default(args.policy.as_deref())?;
         tracing::info!(gpus = ?args.gpus, policy = ?args.policy, "standalone mode: one implicit node named standalone");
-        Arc::new(StaticBackend {
+        let backend = Arc::new(StandaloneBackend::new(
             policy,
-            inventory: Inventory::standalone(args.gpus),
-        })
+            Inventory::standalone(args.gpus),
+        ));
+        if let Some(path) = &args.policy {
+            let target = backend.clone();
+            policy_file::watch(path.clone(), POLICY_FILE_POLL, metrics.clone(), move |p| {
+                target.set_policy(p)
+            });
+        }
+        backend
     } else {
         let fixed_policy = args.policy.as_deref().map(read_policy).transpose()?;
-        crate::cluster::start(&args.policy_configmap, fixed_policy, metrics.clone()).await?
+        let state =
+            crate::cluster::start(&args.policy_configmap, fixed_policy, metrics.clone()).await?;
+        if let Some(path) = &args.policy {
+            let target = state.clone();
+            policy_file::watch(path.clone(), POLICY_FILE_POLL, metrics.clone(), move |p| {
+                target.set_policy(p)
+            });
+        }
+        state
     };
 
     let listener = tokio::net::TcpListener::bind(args.listen)

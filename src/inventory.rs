@@ -17,6 +17,9 @@ pub struct Node {
     pub forced_gpus: Option<u32>,
     /// The count the node itself reports (label or allocatable), weaker than the policy.
     pub reported_gpus: Option<u32>,
+    /// The implicit standalone node stands for whatever node the pods land on: it matches every
+    /// nodeSelector and nodeName, so offline checks of real manifests do not fail on placement.
+    pub matches_any_placement: bool,
 }
 
 impl Node {
@@ -43,11 +46,12 @@ impl Placement {
     }
 
     fn admits(&self, node: &Node) -> bool {
-        (self.node_name.is_empty() || self.node_name == node.name)
-            && self
-                .node_selector
-                .iter()
-                .all(|(k, v)| node.labels.get(k) == Some(v))
+        node.matches_any_placement
+            || (self.node_name.is_empty() || self.node_name == node.name)
+                && self
+                    .node_selector
+                    .iter()
+                    .all(|(k, v)| node.labels.get(k) == Some(v))
     }
 }
 
@@ -94,6 +98,7 @@ impl Inventory {
             name: "standalone".into(),
             forced_gpus: gpus,
             reported_gpus: Some(1),
+            matches_any_placement: true,
             ..Node::default()
         };
         Inventory {

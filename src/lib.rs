@@ -17,6 +17,7 @@ pub mod inventory;
 pub mod metrics;
 pub mod patch;
 pub mod policy;
+pub mod policy_file;
 pub mod server;
 pub mod service;
 pub mod status;

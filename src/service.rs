@@ -37,6 +37,42 @@ impl Backend for StaticBackend {
     }
 }
 
+/// Standalone `serve`: a `StaticBackend` whose policy can be swapped when its file changes.
+pub struct StandaloneBackend {
+    current: std::sync::RwLock<Arc<StaticBackend>>,
+}
+
+impl StandaloneBackend {
+    pub fn new(policy: Policy, inventory: Inventory) -> StandaloneBackend {
+        StandaloneBackend {
+            current: std::sync::RwLock::new(Arc::new(StaticBackend { policy, inventory })),
+        }
+    }
+
+    pub fn set_policy(&self, policy: Policy) {
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let inventory = current.inventory.clone();
+        *current = Arc::new(StaticBackend { policy, inventory });
+    }
+
+    fn current(&self) -> Arc<StaticBackend> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl Backend for StandaloneBackend {
+    fn admit(&self, request: &Request<'_>, dry_run: bool) -> Verdict {
+        self.current().admit(request, dry_run)
+    }
+
+    fn ready(&self) -> bool {
+        true
+    }
+}
+
 pub struct AdmissionService {
     pub backend: Arc<dyn Backend>,
     pub metrics: Arc<Metrics>,

@@ -225,6 +225,7 @@ fn node(name: &str, pool: &str, gpus: Option<u32>) -> Node {
         labels,
         forced_gpus: None,
         reported_gpus: gpus,
+        matches_any_placement: false,
     }
 }
 

@@ -43,6 +43,7 @@ pub fn node(object: &K8sNode) -> Node {
         name: object.metadata.name.clone().unwrap_or_default(),
         reported_gpus: from_label.or_else(from_allocatable),
         forced_gpus: None,
+        matches_any_placement: false,
         labels,
     }
 }

@@ -19,7 +19,6 @@ pub use state::{Cache, ClusterState, RESERVATION_TTL};
 use crate::inventory::Inventory;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
-use crate::service::Backend;
 
 /// Splits `NAMESPACE/NAME`.
 pub fn configmap_ref(value: &str) -> anyhow::Result<(String, String)> {
@@ -43,7 +42,7 @@ pub async fn start(
     configmap: &str,
     fixed_policy: Option<Policy>,
     metrics: Arc<Metrics>,
-) -> anyhow::Result<Arc<dyn Backend>> {
+) -> anyhow::Result<Arc<ClusterState>> {
     let (namespace, name) = configmap_ref(configmap)?;
     let client = client().await?;
     let state = Arc::new(ClusterState::new(
