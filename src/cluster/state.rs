@@ -388,7 +388,7 @@ mod tests {
         };
         state.apply_module(key.clone(), Some(module(0, 1, 40)));
         assert!(
-            state.lock().reservations.get(&key).is_none(),
+            !state.lock().reservations.contains_key(&key),
             "a shown by the cache: reservation dropped"
         );
         state.apply_module(key, None);
