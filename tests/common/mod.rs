@@ -210,17 +210,30 @@ impl Server {
     }
 
     pub fn start_with(certs: Certs, gpus: &[&str], extra: &[&str]) -> Server {
+        let mut args = vec!["--standalone"];
+        args.extend_from_slice(gpus);
+        args.extend_from_slice(extra);
+        Server::start_serve(certs, &args, &[])
+    }
+
+    /// `serve` in cluster mode, reading the cluster through `kubeconfig`.
+    pub fn start_cluster(kubeconfig: &Path, extra: &[&str]) -> Server {
+        let kubeconfig = kubeconfig.to_str().expect("temp paths are UTF-8");
+        Server::start_serve(Certs::new(), extra, &[("KUBECONFIG", kubeconfig)])
+    }
+
+    /// `serve --listen 127.0.0.1:0 --drain-delay 0.1` with the certificates, `args` and `env`.
+    pub fn start_serve(certs: Certs, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut command = gpushare();
         command
             .arg("serve")
-            .arg("--standalone")
-            .args(gpus)
             .args(["--listen", "127.0.0.1:0", "--drain-delay", "0.1"])
             .arg("--tls-cert")
             .arg(certs.cert())
             .arg("--tls-key")
             .arg(certs.key())
-            .args(extra)
+            .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
