@@ -25,6 +25,9 @@ use crate::tls::{self, ReloadingCert};
 pub const EXIT_DENIED: u8 = 1;
 pub const EXIT_ERROR: u8 = 2;
 
+/// How long `status` may take to read the cluster.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How often a `--policy` file is checked for changes.
 const POLICY_FILE_POLL: Duration = Duration::from_secs(1);
 
@@ -184,7 +187,14 @@ pub fn certs(args: CertsArgs) -> ExitCode {
 
 pub async fn status(args: StatusArgs) -> ExitCode {
     let result = if args.from.is_empty() {
-        crate::cluster::snapshot(&args.policy_configmap, args.policy.as_deref()).await
+        // The kube client retries some failures by itself; a status query must still end.
+        let read = crate::cluster::snapshot(&args.policy_configmap, args.policy.as_deref());
+        match tokio::time::timeout(STATUS_TIMEOUT, read).await {
+            Ok(result) => result,
+            Err(_) => Err(anyhow::anyhow!(
+                "cannot read the cluster within {STATUS_TIMEOUT:?}"
+            )),
+        }
     } else {
         policy_or_default(args.policy.as_deref()).and_then(|policy| {
             let documents = check::load(&args.from)?;
