@@ -66,6 +66,9 @@ pub struct ServeArgs {
     /// Seconds in-flight requests may take to finish after the listener closes.
     #[arg(long, default_value_t = 10.0)]
     pub shutdown_timeout: f64,
+    /// Seconds a client may take to send a request's headers (slow clients are dropped).
+    #[arg(long, default_value_t = 5.0)]
+    pub header_timeout: f64,
     /// Maximum concurrent connections.
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,

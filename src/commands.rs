@@ -122,6 +122,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_connections: args.max_connections,
         drain_delay: Duration::from_secs_f64(args.drain_delay.max(0.0)),
         shutdown_timeout: Duration::from_secs_f64(args.shutdown_timeout.max(0.0)),
+        header_timeout: Duration::from_secs_f64(args.header_timeout.max(0.1)),
         ..Limits::default()
     };
     server::serve(listener, tls_config, state, limits, shutdown_signal()).await;

@@ -227,7 +227,12 @@ impl Server {
         let mut command = gpushare();
         command
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--drain-delay", "0.1"])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(if args.contains(&"--drain-delay") {
+                &[][..]
+            } else {
+                &["--drain-delay", "0.1"][..]
+            })
             .arg("--tls-cert")
             .arg(certs.cert())
             .arg("--tls-key")
@@ -287,6 +292,36 @@ impl Server {
             certs,
             log,
             client,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server is running").id()
+    }
+
+    /// Sends SIGTERM, as the kubelet does when a pod stops.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Waits for the server to exit on its own.
+    pub fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("the server is running");
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting for gpushare") {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                started.elapsed() < deadline,
+                "gpushare did not exit within {deadline:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
