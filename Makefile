@@ -58,9 +58,12 @@ deploy: build
 undeploy:
 	$(KUBECTL) delete -k manifests/ --ignore-not-found
 
+# Load benchmark of the release binary against a bare axum+rustls ceiling (server on core 0, load
+# generator on core 1); prints a table and writes target/bench-results.md. Knobs: BENCH_SECONDS,
+# BENCH_WARMUP_SECONDS, BENCH_REQUESTS, BENCH_LEVELS, BENCH_INFO_LOG=0; soak: BENCH_SOAK_SECONDS=300
+# BENCH_RATE=<req/s> (see BENCHMARKS.md).
 bench:
-	$(CARGO) build --release --bins --examples
-	$(CARGO) run --release --example loadgen -- --server $(RELEASE_BIN)
+	$(CARGO) bench --locked --bench admission
 
 clean:
 	$(CARGO) clean
