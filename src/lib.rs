@@ -1,7 +1,8 @@
 //! gpushare: a Kubernetes mutating admission webhook that lets many workloads share the one or two
 //! NVIDIA T4 GPUs of an edge device safely.
 //!
-//! The core (`annotations`, `policy`, `inventory` -> `decision` -> `patch`) is pure; the shells
+//! The core (`annotations`, `policy`, `inventory` -> `decision` with `placement` -> `mutation`,
+//! `patch`) is pure; the shells
 //! (`server`, `check`, `cluster`) feed it and render its answers.
 
 pub mod admission;
@@ -15,7 +16,9 @@ pub mod decision;
 pub mod domain;
 pub mod inventory;
 pub mod metrics;
+pub mod mutation;
 pub mod patch;
+pub mod placement;
 pub mod policy;
 pub mod policy_file;
 pub mod server;
