@@ -1,9 +1,9 @@
 //! gpushare: a Kubernetes mutating admission webhook that lets many workloads share the one or two
 //! NVIDIA T4 GPUs of an edge device safely.
 //!
-//! The core (`annotations`, `policy`, `inventory` -> `decision` with `placement` -> `mutation`,
-//! `patch`) is pure; the shells
-//! (`server`, `check`, `cluster`) feed it and render its answers.
+//! The core is pure: `annotations`, `policy` and `inventory` go into `decision`, which chooses a GPU
+//! with `placement` and writes it with `mutation` and `patch`. The shells (`server` and `service`,
+//! `check`, `cluster`) feed it and render its answers.
 
 pub mod admission;
 pub mod annotations;
