@@ -20,7 +20,7 @@ certs:
 	$(CARGO) run --quiet -- certs --out certs
 
 test:
-	$(CARGO) test --locked --all-targets
+	$(CARGO) test --locked --lib --bins --tests
 	$(MAKE) --no-print-directory check-examples
 
 lint:
