@@ -481,3 +481,38 @@ async fn status_prints_the_table_of_a_seeded_cluster() {
         "status fails when it cannot read the cluster"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_starts_while_the_api_server_is_unreachable_and_becomes_ready_when_it_answers() {
+    let api = FakeApiServer::start().await;
+    api.apply(node("edge-1", 2, "a"));
+    api.stop().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = api.kubeconfig(dir.path());
+    let webhook = tokio::task::spawn_blocking(move || Server::start_cluster(&kubeconfig, &[]))
+        .await
+        .expect("starts");
+    assert_eq!(
+        webhook.get("/healthz").await.0,
+        200,
+        "serving without an API server"
+    );
+    assert_eq!(
+        webhook.get("/readyz").await.0,
+        503,
+        "not ready before the caches sync"
+    );
+    api.restart().await;
+    let cluster = Cluster {
+        api,
+        webhook,
+        _dir: dir,
+    };
+    cluster.wait_ready().await;
+    assert!(
+        cluster
+            .probe(&module("first", 1, &[("gpushare.io/gpu", "1")]))
+            .await
+            .allowed
+    );
+}
