@@ -188,13 +188,15 @@ impl AdmissionService {
                     Outcome::Assigned(_) => (Decision::patched, "assigned"),
                 };
                 self.count(operation, decision, reason);
+                // Field values are only built when the log line is enabled: the summary stays off the hot path.
                 let assignment = match &m.outcome {
-                    Outcome::Assigned(a) => a.summary(),
-                    _ => String::new(),
+                    Outcome::Assigned(a) => Some(a),
+                    _ => None,
                 };
                 tracing::info!(
                     uid = %request.uid, object = %format_args!("{namespace}/{name}"), operation, dry_run,
-                    decision = "allowed", reason, assignment, warnings = m.warnings.len(), latency_us,
+                    decision = "allowed", reason, assignment = assignment.map(|a| a.summary()),
+                    warnings = m.warnings.len(), latency_us,
                     "admission"
                 );
             }
