@@ -68,6 +68,10 @@ fn decide_managed(
     )?;
     if !user.is_managed() {
         if request.operation == Operation::Update && was_assigned(request) {
+            // Release removes gpushare's variables from the containers; init containers keep theirs.
+            for container in &workload.template.spec.init_containers {
+                check_single_gpu_env(container)?;
+            }
             return Ok(release(&workload));
         }
         for container in all_containers(&workload) {
@@ -77,6 +81,12 @@ fn decide_managed(
     }
     let module = user.parse(policy.default_gpu)?;
     let containers = &workload.template.spec.containers;
+    if containers.is_empty() {
+        return Err(Denial::new(
+            Rule::InvalidValue,
+            "spec.template.spec.containers is empty: a managed Deployment needs a pod template with at least one container",
+        ));
+    }
     let selected = select_containers(containers, module.containers.as_deref())?;
     let mut builder = PatchBuilder::default();
     check_containers(&workload, &selected, policy, &mut builder.warnings)?;

@@ -94,14 +94,16 @@ pub struct MemoryLimit(String);
 impl MemoryLimit {
     /// Accepts a positive integer followed by `M` or `G`, as CUDA_MPS_PINNED_DEVICE_MEM_LIMIT does.
     pub fn parse(value: &str) -> Option<MemoryLimit> {
-        let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-        let valid_unit = unit == "M" || unit == "G";
-        let amount: u64 = if digits.bytes().all(|b| b.is_ascii_digit()) {
-            digits.parse().ok()?
-        } else {
-            return None;
+        let (digits, unit) = match (value.strip_suffix('M'), value.strip_suffix('G')) {
+            (Some(digits), _) => (digits, 'M'),
+            (_, Some(digits)) => (digits, 'G'),
+            _ => return None,
         };
-        (valid_unit && amount > 0).then(|| MemoryLimit(format!("{amount}{unit}")))
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let amount: u64 = digits.parse().ok()?;
+        (amount > 0).then(|| MemoryLimit(format!("{amount}{unit}")))
     }
 
     pub fn as_str(&self) -> &str {
@@ -125,7 +127,9 @@ mod tests {
     fn memory_limit_forms() {
         assert_eq!(MemoryLimit::parse("512M").unwrap().as_str(), "512M");
         assert_eq!(MemoryLimit::parse("2G").unwrap().as_str(), "2G");
-        for bad in ["", "M", "0G", "2g", "2Gi", "-1G", "1.5G", "2 G", "2"] {
+        for bad in [
+            "", "M", "0G", "2g", "2Gi", "-1G", "1.5G", "2 G", "2", "2Ｇ", "Ｇ",
+        ] {
             assert_eq!(MemoryLimit::parse(bad), None, "{bad:?} should be rejected");
         }
     }

@@ -143,8 +143,11 @@ impl Inventory {
                 module.placement.admits(node)
             };
             if lands_here {
-                usage.percentage += module.assignment.committed_percentage();
-                usage.clients += module.assignment.clients;
+                // Saturating: replicas may be as large as int32 allows, and any saturated sum is over every cap.
+                usage.percentage = usage
+                    .percentage
+                    .saturating_add(module.assignment.committed_percentage());
+                usage.clients = usage.clients.saturating_add(module.assignment.clients);
                 usage.modules.push(key.clone());
             }
         }

@@ -178,24 +178,24 @@ impl<'a> Scope<'a> {
         for node in &self.nodes {
             let usage = self.inventory.usage(node, gpu, &self.key, self.policy);
             if let (Mode::Mps, Some(cap)) = (mode, self.policy.max_mps_percentage_per_gpu) {
-                if usage.percentage + wanted_percentage > cap {
+                if usage.percentage.saturating_add(wanted_percentage) > cap {
                     return Some(format!(
                         "GPU {gpu} on node {}: {}% MPS committed + {} x {}% = {}% exceeds maxMpsPercentagePerGpu {cap}%",
                         node.name,
                         usage.percentage,
                         demand.replicas,
                         demand.percentage,
-                        usage.percentage + wanted_percentage
+                        usage.percentage.saturating_add(wanted_percentage)
                     ));
                 }
             }
-            if usage.clients + demand.clients > max_clients {
+            if usage.clients.saturating_add(demand.clients) > max_clients {
                 return Some(format!(
                     "GPU {gpu} on node {}: {} client processes + {} = {} exceeds the limit of {max_clients}{}",
                     node.name,
                     usage.clients,
                     demand.clients,
-                    usage.clients + demand.clients,
+                    usage.clients.saturating_add(demand.clients),
                     if mode == Mode::Mps { " (maxClientsPerGpu, at most 48 with MPS)" } else { " (maxClientsPerGpu)" }
                 ));
             }
