@@ -18,14 +18,14 @@ fn annotate(
     let template_meta = format!("{}/metadata", workload.template_path);
     b.annotations(
         "/metadata",
-        true,
+        workload.metadata.present,
         workload.metadata.annotations.as_ref(),
         set,
         remove,
     );
     b.annotations(
         &template_meta,
-        workload.template.metadata.is_some(),
+        workload.template.metadata.present,
         workload.template.annotations(),
         set,
         remove,

@@ -3,7 +3,11 @@
 //! skipped, and array positions are kept so patches can address entries by index.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
 
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 /// Deserializes `null` like a missing field: Kubernetes clients write both.
@@ -15,9 +19,56 @@ where
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
+/// Types that remember whether the object they were read from was there at all.
+pub trait Present {
+    fn mark_present(&mut self) {}
+}
+
+/// Accepts only a JSON object, reading `null` or a missing field as the default. Serde would
+/// otherwise read an array positionally as a struct, and patches would address paths that do
+/// not exist in the object.
+fn object<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default + Present,
+{
+    struct ObjectVisitor<T>(PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de> + Default + Present> Visitor<'de> for ObjectVisitor<T> {
+        type Value = T;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            let mut value = T::deserialize(MapAccessDeserializer::new(map))?;
+            value.mark_present();
+            Ok(value)
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<T, E> {
+            Ok(T::default())
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<T, E> {
+            Ok(T::default())
+        }
+
+        fn visit_some<S: Deserializer<'de>>(self, d: S) -> Result<T, S::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    d.deserialize_any(ObjectVisitor(PhantomData))
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectMeta {
+    /// False when the object had no metadata at all (a patch must then add it).
+    #[serde(skip)]
+    pub present: bool,
     #[serde(default, deserialize_with = "nullable")]
     pub name: String,
     #[serde(default, deserialize_with = "nullable")]
@@ -29,12 +80,18 @@ pub struct ObjectMeta {
     pub annotations: Option<BTreeMap<String, String>>,
 }
 
+impl Present for ObjectMeta {
+    fn mark_present(&mut self) {
+        self.present = true;
+    }
+}
+
 /// A Deployment, reduced to what gpushare reads.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Deployment {
-    #[serde(default, deserialize_with = "nullable")]
+    #[serde(default, deserialize_with = "object")]
     pub metadata: ObjectMeta,
-    #[serde(default, deserialize_with = "nullable")]
+    #[serde(default, deserialize_with = "object")]
     pub spec: DeploymentSpec,
 }
 
@@ -42,9 +99,11 @@ pub struct Deployment {
 pub struct DeploymentSpec {
     #[serde(default)]
     pub replicas: Option<i64>,
-    #[serde(default, deserialize_with = "nullable")]
+    #[serde(default, deserialize_with = "object")]
     pub template: PodTemplate,
 }
+
+impl Present for DeploymentSpec {}
 
 /// A workload reduced to what the decision needs: where its pod template sits in the object, so
 /// the same core serves every kind that embeds a pod template.
@@ -78,18 +137,21 @@ impl Deployment {
 
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct PodTemplate {
-    /// `None` when the template has no metadata (a patch must then add it).
-    #[serde(default)]
-    pub metadata: Option<ObjectMeta>,
-    #[serde(default, deserialize_with = "nullable")]
+    #[serde(default, deserialize_with = "object")]
+    pub metadata: ObjectMeta,
+    #[serde(default, deserialize_with = "object")]
     pub spec: PodSpec,
 }
 
+impl Present for PodTemplate {}
+
 impl PodTemplate {
     pub fn annotations(&self) -> Option<&BTreeMap<String, String>> {
-        self.metadata.as_ref().and_then(|m| m.annotations.as_ref())
+        self.metadata.annotations.as_ref()
     }
 }
+
+impl Present for PodSpec {}
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
