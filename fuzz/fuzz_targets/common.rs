@@ -1,0 +1,56 @@
+//! What both fuzz targets share: the policies the webhook is fuzzed under.
+// Each target uses part of this module.
+#![allow(dead_code)]
+
+use std::sync::{Arc, OnceLock};
+
+use gpushare::inventory::Inventory;
+use gpushare::metrics::Metrics;
+use gpushare::policy::Policy;
+use gpushare::service::{AdmissionService, StaticBackend};
+
+/// GPU 1 in mps, and every optional mutation switched on.
+pub const MPS_POLICY: &str = r#"
+gpuModes: { "1": mps }
+hideGpuFromOtherContainers: true
+mps: { hostIPC: true, pipeDirectory: /run/nvidia/mps }
+namespaces: { exclude: [kube-system, gpushare-system, legacy] }
+"#;
+
+/// Every GPU in mps, tight limits, capacity only warned about, GPU 0 kept for a VM.
+pub const WARN_POLICY: &str = r#"
+defaultMode: mps
+defaultMpsPercentage: 30
+maxClientsPerGpu: 4
+strategy: pack
+enforcement: warn
+reservedForVms: [0]
+"#;
+
+pub fn policies() -> &'static [Policy] {
+    static POLICIES: OnceLock<Vec<Policy>> = OnceLock::new();
+    POLICIES.get_or_init(|| {
+        vec![
+            Policy::default(),
+            Policy::from_yaml(MPS_POLICY).expect("MPS_POLICY is valid"),
+            Policy::from_yaml(WARN_POLICY).expect("WARN_POLICY is valid"),
+        ]
+    })
+}
+
+/// The standalone webhook on a 2-GPU node, once per policy.
+pub fn services() -> &'static [AdmissionService] {
+    static SERVICES: OnceLock<Vec<AdmissionService>> = OnceLock::new();
+    SERVICES.get_or_init(|| {
+        policies()
+            .iter()
+            .map(|policy| AdmissionService {
+                backend: Arc::new(StaticBackend {
+                    policy: policy.clone(),
+                    inventory: Inventory::standalone(Some(2)),
+                }),
+                metrics: Arc::new(Metrics::new()),
+            })
+            .collect()
+    })
+}

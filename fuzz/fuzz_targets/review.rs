@@ -1,0 +1,93 @@
+//! The webhook's whole path: any body -> `AdmissionService::review` under three policies. An
+//! answer must be a well-formed AdmissionReview (a denial with a 4xx status and a message); a
+//! patch must be base64 JSON Patch that applies to `request.object`, and sending the patched
+//! object again must be allowed with no further patch (CONTRACT section 3: idempotency).
+//! Any violation panics, so libFuzzer reports it as a crash.
+#![no_main]
+
+mod common;
+
+use base64::Engine as _;
+use gpushare::admission::{ReviewResponse, API_VERSION, KIND};
+use gpushare::service::AdmissionService;
+use libfuzzer_sys::fuzz_target;
+use serde_json::Value;
+
+fuzz_target!(|body: &[u8]| {
+    for service in common::services() {
+        check(service, body);
+    }
+});
+
+/// Decodes an answer, checking the shape every answer must have; returns whether it allowed and
+/// its JSON Patch, if any.
+fn answer(bytes: &[u8]) -> (bool, Option<Value>) {
+    let review: ReviewResponse =
+        serde_json::from_slice(bytes).expect("the answer is an AdmissionReview");
+    assert_eq!(review.api_version, API_VERSION);
+    assert_eq!(review.kind, KIND);
+    let response = review.response;
+    if !response.allowed {
+        let status = response.status.expect("a denial has a status");
+        assert!(
+            (400..=499).contains(&status.code),
+            "denial code {}",
+            status.code
+        );
+        assert!(
+            !status.message.trim().is_empty(),
+            "a denial without message"
+        );
+        assert!(response.patch.is_none(), "a denial with a patch");
+        return (false, None);
+    }
+    let Some(patch) = response.patch else {
+        assert!(response.patch_type.is_none(), "patchType without patch");
+        return (true, None);
+    };
+    assert_eq!(response.patch_type.as_deref(), Some("JSONPatch"));
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(patch)
+        .expect("the patch is base64");
+    let patch: Value = serde_json::from_slice(&bytes).expect("the patch is JSON");
+    (true, Some(patch))
+}
+
+fn check(service: &AdmissionService, body: &[u8]) {
+    let Ok(first) = service.review(body) else {
+        return;
+    };
+    let (_, patch) = answer(&first);
+    let Some(patch) = patch else { return };
+    let operations: json_patch::Patch =
+        serde_json::from_value(patch.clone()).expect("the patch is a JSON Patch");
+    // serde_json does not check UTF-8 in the strings it skips (e.g. `request.options`), so an
+    // accepted body may hold invalid UTF-8 there; the replacement character keeps it JSON.
+    let text = String::from_utf8_lossy(body);
+    let mut review: Value = serde_json::from_str(&text).expect("an accepted body is JSON");
+    let object = review
+        .pointer_mut("/request/object")
+        .expect("a patch comes with request.object");
+    if let Err(e) = json_patch::patch(object, &operations.0) {
+        panic!("the patch does not apply to request.object: {e}\npatch: {patch}\nobject: {object}");
+    }
+    let again = serde_json::to_vec(&review).expect("a Value serializes");
+    let second = service
+        .review(&again)
+        .expect("the review with the patched object is accepted");
+    let (allowed, second_patch) = answer(&second);
+    assert!(
+        allowed,
+        "the patched object is denied\nfirst patch: {patch}"
+    );
+    let empty = match &second_patch {
+        None => true,
+        Some(Value::Array(ops)) => ops.is_empty(),
+        Some(_) => false,
+    };
+    assert!(
+        empty,
+        "not idempotent: the patched object gets another patch\nfirst: {patch}\nsecond: {}",
+        second_patch.unwrap_or_default()
+    );
+}
