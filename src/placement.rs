@@ -152,13 +152,17 @@ impl<'a> Scope<'a> {
         Ok(mode)
     }
 
-    fn suggest_mode(&self, wanted: Mode) -> String {
-        let count = self
-            .nodes
+    /// How many GPU indexes every candidate node has.
+    fn shared_count(&self) -> u32 {
+        self.nodes
             .iter()
             .map(|n| n.gpu_count(self.policy))
             .min()
-            .unwrap_or(0);
+            .unwrap_or(0)
+    }
+
+    fn suggest_mode(&self, wanted: Mode) -> String {
+        let count = self.shared_count();
         let matching: Vec<String> = (0..count)
             .map(GpuIndex)
             .filter(|&g| self.available(g) == Ok(wanted))
@@ -250,12 +254,7 @@ impl<'a> Scope<'a> {
 
     /// `auto`: among usable GPUs that fit, the least or most loaded by strategy; ties to the lowest index.
     pub fn auto(&self, demand: &Demand, warnings: &mut Vec<String>) -> Result<GpuIndex, Denial> {
-        let count = self
-            .nodes
-            .iter()
-            .map(|n| n.gpu_count(self.policy))
-            .min()
-            .unwrap_or(0);
+        let count = self.shared_count();
         let mut usable = Vec::new();
         let mut refusals = Vec::new();
         for gpu in (0..count).map(GpuIndex) {

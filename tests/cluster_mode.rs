@@ -59,11 +59,7 @@ impl Cluster {
         for object in objects {
             api.apply(object);
         }
-        let dir = tempfile::tempdir().expect("temp dir");
-        let kubeconfig = api.kubeconfig(dir.path());
-        let webhook = tokio::task::spawn_blocking(move || Server::start_cluster(&kubeconfig, &[]))
-            .await
-            .expect("server starts");
+        let (webhook, dir) = Cluster::serve(&api).await;
         let cluster = Cluster {
             api,
             webhook,
@@ -71,6 +67,16 @@ impl Cluster {
         };
         cluster.wait_ready().await;
         cluster
+    }
+
+    /// gpushare serving from `api`, not yet known to be ready; the temp dir holds its kubeconfig.
+    async fn serve(api: &FakeApiServer) -> (Server, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let kubeconfig = api.kubeconfig(dir.path());
+        let webhook = tokio::task::spawn_blocking(move || Server::start_cluster(&kubeconfig, &[]))
+            .await
+            .expect("server starts");
+        (webhook, dir)
     }
 
     async fn wait_ready(&self) {
@@ -159,11 +165,7 @@ async fn readiness_waits_for_every_cache_then_node_counts_are_live() {
     let api = FakeApiServer::start().await;
     api.apply(node("edge-1", 2, "a"));
     api.fail_requests("/api/v1/nodes", 500);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let kubeconfig = api.kubeconfig(dir.path());
-    let webhook = tokio::task::spawn_blocking(move || Server::start_cluster(&kubeconfig, &[]))
-        .await
-        .expect("starts");
+    let (webhook, dir) = Cluster::serve(&api).await;
     // Nodes cannot be listed, so the caches cannot all have synced.
     assert_eq!(
         webhook.get("/readyz").await.0,
@@ -487,11 +489,7 @@ async fn serve_starts_while_the_api_server_is_unreachable_and_becomes_ready_when
     let api = FakeApiServer::start().await;
     api.apply(node("edge-1", 2, "a"));
     api.stop().await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let kubeconfig = api.kubeconfig(dir.path());
-    let webhook = tokio::task::spawn_blocking(move || Server::start_cluster(&kubeconfig, &[]))
-        .await
-        .expect("starts");
+    let (webhook, dir) = Cluster::serve(&api).await;
     assert_eq!(
         webhook.get("/healthz").await.0,
         200,
