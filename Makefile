@@ -1,10 +1,9 @@
 # gpushare developer tasks. `make run` and `make test` are the two set-up commands.
 CARGO ?= cargo
 BIN := target/debug/gpushare
-RELEASE_BIN := target/release/gpushare
 KUBECTL ?= kubectl
 
-.PHONY: build run test lint fmt certs check-examples deploy undeploy bench soak clean
+.PHONY: build run test lint fmt certs check-examples deploy undeploy bench clean
 
 build:
 	$(CARGO) build
