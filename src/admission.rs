@@ -28,22 +28,27 @@ pub enum BadReview {
     NoObject(String),
 }
 
+/// An AdmissionReview whose objects are read as `O`: raw JSON, or already typed.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AdmissionReview<'a> {
+#[serde(rename_all = "camelCase", bound(deserialize = "O: Deserialize<'de>"))]
+pub struct AdmissionReview<O> {
     #[serde(default)]
     pub api_version: String,
     #[serde(default)]
     pub kind: String,
-    #[serde(borrow, default)]
-    pub request: Option<AdmissionRequest<'a>>,
+    #[serde(default = "none")]
+    pub request: Option<AdmissionRequest<O>>,
+}
+
+fn none<T>() -> Option<T> {
+    None
 }
 
 /// `request`, reduced to what the decision needs; `userInfo`, `options`, `resource` and the
 /// rest are skipped without being parsed.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AdmissionRequest<'a> {
+#[serde(rename_all = "camelCase", bound(deserialize = "O: Deserialize<'de>"))]
+pub struct AdmissionRequest<O> {
     #[serde(default)]
     pub uid: String,
     #[serde(default)]
@@ -54,10 +59,10 @@ pub struct AdmissionRequest<'a> {
     pub namespace: Option<String>,
     #[serde(default)]
     pub name: Option<String>,
-    #[serde(borrow, default)]
-    pub object: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    pub old_object: Option<&'a RawValue>,
+    #[serde(default = "none")]
+    pub object: Option<O>,
+    #[serde(default = "none")]
+    pub old_object: Option<O>,
     #[serde(default)]
     pub dry_run: Option<bool>,
 }
@@ -72,9 +77,9 @@ pub struct GroupVersionKind {
     pub kind: String,
 }
 
-/// Parses a body into a review with a request and a uid.
-pub fn parse(body: &[u8]) -> Result<AdmissionRequest<'_>, BadReview> {
-    let review: AdmissionReview<'_> =
+/// Parses a body into a review with a request and a uid, its objects read as `O`.
+pub fn parse<'a, O: Deserialize<'a>>(body: &'a [u8]) -> Result<AdmissionRequest<O>, BadReview> {
+    let review: AdmissionReview<O> =
         serde_json::from_slice(body).map_err(|e| BadReview::Syntax(e.to_string()))?;
     if review.api_version != API_VERSION || review.kind != KIND {
         return Err(BadReview::WrongType(review.api_version, review.kind));

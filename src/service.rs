@@ -4,13 +4,15 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::admission::{self, BadReview, ReviewResponse};
+use serde_json::value::RawValue;
+
+use crate::admission::{self, AdmissionRequest, BadReview, GroupVersionKind, ReviewResponse};
 use crate::decision::{self, Operation, Request};
 use crate::inventory::Inventory;
 use crate::metrics::{Decision, Metrics, RequestLabels};
 use crate::policy::Policy;
 use crate::verdict::{Outcome, Verdict};
-use crate::workload::Deployment;
+use crate::workload::{Deployment, JsonObject};
 
 /// Where decisions are made: a fixed policy and node (standalone) or the cluster's live caches.
 pub trait Backend: Send + Sync {
@@ -78,14 +80,17 @@ pub struct AdmissionService {
     pub metrics: Arc<Metrics>,
 }
 
-fn parse_deployment(
-    kind: &str,
-    raw: &serde_json::value::RawValue,
-) -> Result<Deployment, BadReview> {
-    serde_json::from_str(raw.get()).map_err(|e| BadReview::Object {
-        kind: kind.into(),
-        error: e.to_string(),
-    })
+fn parse_deployment(kind: &str, raw: &RawValue) -> Result<Deployment, BadReview> {
+    serde_json::from_str::<JsonObject<Deployment>>(raw.get())
+        .map(|object| object.0)
+        .map_err(|e| BadReview::Object {
+            kind: kind.into(),
+            error: e.to_string(),
+        })
+}
+
+fn is_deployment(kind: &GroupVersionKind) -> bool {
+    kind.group == "apps" && kind.kind == "Deployment"
 }
 
 impl AdmissionService {
@@ -108,7 +113,36 @@ impl AdmissionService {
 
     fn review_inner(&self, body: &[u8]) -> Result<ReviewResponse, BadReview> {
         let started = Instant::now();
-        let request = admission::parse(body)?;
+        // One pass: the objects are read as Deployments while the envelope is parsed. Requests
+        // that do not read that way (other kinds, broken objects, broken bodies) take the raw path,
+        // which gives them their own answers.
+        if let Ok(request) = admission::parse::<JsonObject<Deployment>>(body) {
+            let object = request.object.as_ref().map(|o| &o.0);
+            let old_object = request.old_object.as_ref().map(|o| &o.0);
+            return self.answer(&request, object, old_object, started);
+        }
+        let request = admission::parse::<&RawValue>(body)?;
+        let (mut object, mut old_object) = (None, None);
+        if is_deployment(&request.kind) && matches!(request.operation.as_str(), "CREATE" | "UPDATE")
+        {
+            let kind = &request.kind.kind;
+            object = admission::present(request.object)
+                .map(|raw| parse_deployment(kind, raw))
+                .transpose()?;
+            old_object = admission::present(request.old_object)
+                .map(|raw| parse_deployment(kind, raw))
+                .transpose()?;
+        }
+        self.answer(&request, object.as_ref(), old_object.as_ref(), started)
+    }
+
+    fn answer<O>(
+        &self,
+        request: &AdmissionRequest<O>,
+        object: Option<&Deployment>,
+        old_object: Option<&Deployment>,
+        started: Instant,
+    ) -> Result<ReviewResponse, BadReview> {
         let operation = match request.operation.as_str() {
             "CREATE" => Operation::Create,
             "UPDATE" => Operation::Update,
@@ -117,7 +151,7 @@ impl AdmissionService {
                 return Ok(ReviewResponse::allow(&request.uid));
             }
         };
-        if request.kind.group != "apps" || request.kind.kind != "Deployment" {
+        if !is_deployment(&request.kind) {
             self.count(
                 operation_label(&request.operation),
                 Decision::skipped,
@@ -125,12 +159,7 @@ impl AdmissionService {
             );
             return Ok(ReviewResponse::allow(&request.uid));
         }
-        let raw = admission::present(request.object)
-            .ok_or_else(|| BadReview::NoObject(request.operation.clone()))?;
-        let object = parse_deployment(&request.kind.kind, raw)?;
-        let old_object = admission::present(request.old_object)
-            .map(|raw| parse_deployment(&request.kind.kind, raw))
-            .transpose()?;
+        let object = object.ok_or_else(|| BadReview::NoObject(request.operation.clone()))?;
         let namespace = request
             .namespace
             .as_deref()
@@ -147,12 +176,12 @@ impl AdmissionService {
             operation,
             namespace,
             name,
-            object: &object,
-            old_object: old_object.as_ref(),
+            object,
+            old_object,
         };
         let dry_run = request.dry_run.unwrap_or(false);
         let verdict = self.backend.admit(&decision_request, dry_run);
-        self.record(&request, namespace, name, dry_run, &verdict, started);
+        self.record(&request.uid, &decision_request, dry_run, &verdict, started);
         Ok(ReviewResponse::new(&request.uid, &verdict))
     }
 
@@ -169,14 +198,17 @@ impl AdmissionService {
 
     fn record(
         &self,
-        request: &admission::AdmissionRequest<'_>,
-        namespace: &str,
-        name: &str,
+        uid: &str,
+        request: &Request<'_>,
         dry_run: bool,
         verdict: &Verdict,
         started: Instant,
     ) {
-        let operation = operation_label(&request.operation);
+        let operation = match request.operation {
+            Operation::Create => "CREATE",
+            Operation::Update => "UPDATE",
+        };
+        let (namespace, name) = (request.namespace, request.name);
         let latency_us = started.elapsed().as_micros() as u64;
         match verdict {
             Verdict::Allowed(m) => {
@@ -194,7 +226,7 @@ impl AdmissionService {
                     _ => None,
                 };
                 tracing::info!(
-                    uid = %request.uid, object = %format_args!("{namespace}/{name}"), operation, dry_run,
+                    uid = %uid, object = %format_args!("{namespace}/{name}"), operation, dry_run,
                     decision = "allowed", reason, assignment = assignment.map(|a| a.summary()),
                     warnings = m.warnings.len(), latency_us,
                     "admission"
@@ -203,7 +235,7 @@ impl AdmissionService {
             Verdict::Denied(d) => {
                 self.count(operation, Decision::denied, d.rule.as_str());
                 tracing::info!(
-                    uid = %request.uid, object = %format_args!("{namespace}/{name}"), operation, dry_run,
+                    uid = %uid, object = %format_args!("{namespace}/{name}"), operation, dry_run,
                     decision = "denied", reason = d.rule.as_str(), message = %d.message, latency_us,
                     "admission"
                 );

@@ -63,6 +63,16 @@ where
     d.deserialize_any(ObjectVisitor(PhantomData))
 }
 
+/// A value read only from a JSON object (see `object`), e.g. a whole workload.
+#[derive(Debug, Clone, Default)]
+pub struct JsonObject<T>(pub T);
+
+impl<'de, T: Deserialize<'de> + Default + Present> Deserialize<'de> for JsonObject<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        object(d).map(JsonObject)
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectMeta {
@@ -104,6 +114,8 @@ pub struct DeploymentSpec {
 }
 
 impl Present for DeploymentSpec {}
+
+impl Present for Deployment {}
 
 /// A workload reduced to what the decision needs: where its pod template sits in the object, so
 /// the same core serves every kind that embeds a pod template.
