@@ -31,16 +31,24 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a `--policy` file is checked for changes.
 const POLICY_FILE_POLL: Duration = Duration::from_secs(1);
 
-pub fn init_logging(format: LogFormat) {
+/// Logs go to stderr through a writer thread, so a request never waits on a write to the
+/// container runtime's pipe. Not lossy: when the queue is full, logging waits rather than drops.
+/// Keep the guard until exit: dropping it flushes what is queued.
+pub fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(8192)
+        .finish(std::io::stderr());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
+    guard
 }
 
 /// Reads and validates a policy file.

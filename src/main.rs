@@ -12,7 +12,7 @@ fn main() -> ExitCode {
         Command::Check(args) => commands::check(args),
         Command::Certs(args) => commands::certs(args),
         Command::Serve(args) => {
-            commands::init_logging(args.log_format);
+            let _logs = commands::init_logging(args.log_format);
             match runtime().block_on(commands::serve(args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
@@ -22,7 +22,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Status(args) => {
-            commands::init_logging(LogFormat::Text);
+            let _logs = commands::init_logging(LogFormat::Text);
             runtime().block_on(commands::status(args))
         }
     }
