@@ -45,6 +45,15 @@ impl Placement {
         self.node_selector.is_empty() && self.node_name.is_empty()
     }
 
+    /// Whether pods with this placement may run on `node`: the candidate nodes of a module.
+    fn lands_on(&self, node: &Node, policy: &Policy) -> bool {
+        if self.is_unconstrained() {
+            node.gpu_count(policy) > 0
+        } else {
+            self.admits(node)
+        }
+    }
+
     fn admits(&self, node: &Node) -> bool {
         node.matches_any_placement
             || (self.node_name.is_empty() || self.node_name == node.name)
@@ -90,6 +99,16 @@ pub struct GpuUsage {
     pub modules: Vec<ModuleKey>,
 }
 
+impl GpuUsage {
+    fn add(&mut self, module: &Module) {
+        // Saturating: replicas may be as large as int32 allows, and any saturated sum is over every cap.
+        self.percentage = self
+            .percentage
+            .saturating_add(module.assignment.committed_percentage());
+        self.clients = self.clients.saturating_add(module.assignment.clients);
+    }
+}
+
 impl Inventory {
     /// One implicit node named `standalone` (standalone `serve` and `check`): its count comes from
     /// `--gpus`, else the policy, else 1.
@@ -114,17 +133,29 @@ impl Inventory {
         placement: &'a Placement,
         policy: &'a Policy,
     ) -> impl Iterator<Item = &'a Node> {
-        self.nodes.iter().filter(move |node| {
-            if placement.is_unconstrained() {
-                node.gpu_count(policy) > 0
-            } else {
-                placement.admits(node)
-            }
+        self.nodes
+            .iter()
+            .filter(move |node| placement.lands_on(node, policy))
+    }
+
+    /// The modules committed to GPU `gpu` that may land on `node`, leaving out `except` (an UPDATE
+    /// replaces its own previous allocation instead of counting it twice).
+    fn modules_on<'a>(
+        &'a self,
+        node: &'a Node,
+        gpu: GpuIndex,
+        except: Option<&'a ModuleKey>,
+        policy: &'a Policy,
+    ) -> impl Iterator<Item = (&'a ModuleKey, &'a Module)> {
+        self.modules.iter().filter(move |(key, module)| {
+            Some(*key) != except
+                && module.assignment.gpu == gpu
+                && module.placement.lands_on(node, policy)
         })
     }
 
-    /// Committed use of GPU `gpu` on `node`, leaving out the module `except` (an UPDATE replaces
-    /// its own previous allocation instead of counting it twice).
+    /// Committed MPS percentage and client processes of GPU `gpu` on `node` (without module names:
+    /// this runs on every admission).
     pub fn usage(
         &self,
         node: &Node,
@@ -133,34 +164,14 @@ impl Inventory {
         policy: &Policy,
     ) -> GpuUsage {
         let mut usage = GpuUsage::default();
-        for (key, module) in &self.modules {
-            if key == except || module.assignment.gpu != gpu {
-                continue;
-            }
-            let lands_here = if module.placement.is_unconstrained() {
-                node.gpu_count(policy) > 0
-            } else {
-                module.placement.admits(node)
-            };
-            if lands_here {
-                // Saturating: replicas may be as large as int32 allows, and any saturated sum is over every cap.
-                usage.percentage = usage
-                    .percentage
-                    .saturating_add(module.assignment.committed_percentage());
-                usage.clients = usage.clients.saturating_add(module.assignment.clients);
-                usage.modules.push(key.clone());
-            }
+        for (_, module) in self.modules_on(node, gpu, Some(except), policy) {
+            usage.add(module);
         }
-        usage.modules.sort();
         usage
     }
 
     /// Usage of every GPU of every node, for `status` and metrics.
     pub fn table(&self, policy: &Policy) -> Vec<GpuRow> {
-        let nobody = ModuleKey {
-            namespace: String::new(),
-            name: String::new(),
-        };
         let mut rows = Vec::new();
         for node in &self.nodes {
             for i in 0..node.gpu_count(policy) {
@@ -170,7 +181,15 @@ impl Inventory {
                     gpu,
                     mode: policy.gpu_mode(&node.name, gpu),
                     reserved: policy.is_reserved(&node.name, gpu),
-                    usage: self.usage(node, gpu, &nobody, policy),
+                    usage: {
+                        let mut usage = GpuUsage::default();
+                        for (key, module) in self.modules_on(node, gpu, None, policy) {
+                            usage.add(module);
+                            usage.modules.push(key.clone());
+                        }
+                        usage.modules.sort();
+                        usage
+                    },
                 });
             }
         }

@@ -273,9 +273,9 @@ impl Backend for ClusterState {
                     expires: Instant::now() + RESERVATION_TTL,
                 },
             );
+            // The per-GPU gauges follow the cache, which shows the object a moment later: keeping
+            // them off the admission path.
             inner.refresh_module(&key);
-            drop(inner);
-            self.publish_usage();
         }
         verdict
     }
