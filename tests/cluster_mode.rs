@@ -230,6 +230,13 @@ async fn a_full_gpu_denies_the_next_module_until_a_deployment_is_deleted() {
     let cluster = Cluster::start(vec![node("edge-1", 1, "a"), policy(MPS_GPUS)]).await;
     let first = module("first", 1, &[("gpushare.io/mps-percentage", "60")]);
     assert!(cluster.create(first).await.allowed);
+    eventually("the per-GPU gauge shows the committed 60%", || async {
+        let (_, metrics) = cluster.webhook.get("/metrics").await;
+        metrics.contains(
+            "gpushare_gpu_committed_mps_percentage{node=\"edge-1\",gpu=\"0\",mode=\"mps\"} 60",
+        ) && metrics.contains("gpushare_cache_synced{cache=\"deployments\"} 1")
+    })
+    .await;
     let second = module("second", 1, &[("gpushare.io/mps-percentage", "60")]);
     let denied = cluster.review(&Review::create(second.clone())).await;
     assert!(
@@ -243,6 +250,13 @@ async fn a_full_gpu_denies_the_next_module_until_a_deployment_is_deleted() {
         cluster.probe(&second).await.allowed
     })
     .await;
+    let (_, metrics) = cluster.webhook.get("/metrics").await;
+    assert!(
+        metrics.contains(
+            "gpushare_gpu_committed_mps_percentage{node=\"edge-1\",gpu=\"0\",mode=\"mps\"} 0"
+        ),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -918,3 +918,49 @@ async fn a_release_takes_back_the_pipe_directory_and_leaves_host_ipc_with_a_warn
         );
     }
 }
+
+/// `--policy FILE` is re-read when it changes; an invalid edit keeps the last valid policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_file_edit_takes_effect_without_a_restart_and_an_invalid_one_is_ignored() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, "gpuModes: {\"1\": mps}\n").expect("write");
+    let path = policy.to_str().expect("UTF-8").to_string();
+    let server = tokio::task::spawn_blocking(move || common::Server::start(&["--policy", &path]))
+        .await
+        .expect("starts");
+    let mps = common::Review::create(common::web(&[
+        ("gpushare.io/gpu", "1"),
+        ("gpushare.io/mps-percentage", "20"),
+    ]));
+    assert!(server.review(&mps.to_json()).await.allowed);
+
+    std::fs::write(&policy, "gpuModes: {\"1\": mps}\nbogus: 1\n").expect("write");
+    let started = std::time::Instant::now();
+    while !server.log().contains("invalid policy rejected") {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the invalid edit is logged:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        server.review(&mps.again().to_json()).await.allowed,
+        "the last valid policy stays in force"
+    );
+
+    std::fs::write(&policy, "defaultMode: time-slicing\n").expect("write");
+    let started = std::time::Instant::now();
+    loop {
+        let answer = server.review(&mps.again().to_json()).await;
+        if !answer.allowed && answer.message.contains("time-slicing") {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the new policy never took effect"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
