@@ -126,7 +126,7 @@ impl<'a> Scope<'a> {
                 return Err(Denial::new(
                     Rule::Reserved,
                     format!(
-                        "GPU {gpu} on node {} is reserved for VMs by policy reservedForVms; choose another GPU or auto",
+                        "GPU {gpu} on node {} is reserved for VMs by policy reservedForVms; set gpushare.io/gpu to another index or auto",
                         node.name
                     ),
                 ));
@@ -184,7 +184,8 @@ impl<'a> Scope<'a> {
             if let (Mode::Mps, Some(cap)) = (mode, self.policy.max_mps_percentage_per_gpu) {
                 if usage.percentage.saturating_add(wanted_percentage) > cap {
                     return Some(format!(
-                        "GPU {gpu} on node {}: {}% MPS committed + {} x {}% = {}% exceeds maxMpsPercentagePerGpu {cap}%",
+                        "GPU {gpu} on node {}: {}% MPS committed + {} x {}% = {}% exceeds maxMpsPercentagePerGpu {cap}% \
+                         (lower replicas or gpushare.io/mps-percentage)",
                         node.name,
                         usage.percentage,
                         demand.replicas,
@@ -195,7 +196,8 @@ impl<'a> Scope<'a> {
             }
             if usage.clients.saturating_add(demand.clients) > max_clients {
                 return Some(format!(
-                    "GPU {gpu} on node {}: {} client processes + {} = {} exceeds the limit of {max_clients}{}",
+                    "GPU {gpu} on node {}: {} client processes + {} = {} exceeds the limit of {max_clients}{} \
+                     (lower replicas, or list fewer containers in gpushare.io/containers)",
                     node.name,
                     usage.clients,
                     demand.clients,
@@ -243,7 +245,7 @@ impl<'a> Scope<'a> {
         match self.policy.enforcement {
             Enforcement::Deny => Err(Denial::new(
                 Rule::Capacity,
-                format!("{reason}; lower replicas or gpushare.io/mps-percentage, choose another GPU, or free capacity"),
+                format!("{reason}; or set gpushare.io/gpu to a GPU with room (auto picks one), or free capacity"),
             )),
             Enforcement::Warn => {
                 warnings.push(format!("over capacity (enforcement: warn): {reason}"));
