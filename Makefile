@@ -3,7 +3,7 @@ CARGO ?= cargo
 BIN := target/debug/gpushare
 KUBECTL ?= kubectl
 
-.PHONY: build run test lint fmt certs check-examples deploy undeploy bench clean
+.PHONY: build run test lint fmt certs check-examples deploy undeploy bench clean cluster cluster-down e2e controlplane
 
 build:
 	$(CARGO) build
@@ -24,7 +24,7 @@ test:
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) clippy --locked --all-targets --features e2e -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all
@@ -63,6 +63,24 @@ undeploy:
 # BENCH_RATE=<req/s> (see BENCHMARKS.md).
 bench:
 	$(CARGO) bench --locked --bench admission
+
+# A real control plane on loopback (CONTRACT section 6b): etcd, kube-apiserver and
+# kube-controller-manager of the release pinned in tests/tools/controlplane/go.mod, built with
+# `go build` (the first time 15-30 minutes, then from Go's build cache), with gpushare deployed from
+# manifests/ and `gpushare serve` running locally in cluster mode. Idempotent.
+cluster: build
+	@GPUSHARE=$(CURDIR)/$(BIN) KUBECTL=$(KUBECTL) bash tests/e2e/cluster.sh up
+
+cluster-down:
+	@bash tests/e2e/cluster.sh down
+
+controlplane:
+	@bash tests/e2e/cluster.sh build
+
+# The end-to-end suite against `make cluster` (started when needed), through the real kubectl and
+# kube-apiserver. Tests run one at a time: some change the cluster-wide policy or stop components.
+e2e: cluster
+	$(CARGO) test --locked --features e2e --test e2e -- --test-threads=1
 
 clean:
 	$(CARGO) clean

@@ -1,0 +1,52 @@
+//! The Kubernetes release is pinned in one place, the control-plane module of `make cluster`;
+//! the API types gpushare compiles against (k8s-openapi's version feature) must follow it.
+
+use std::path::Path;
+
+fn read(path: &str) -> String {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
+}
+
+#[test]
+fn k8s_openapi_feature_matches_the_pinned_kubernetes_release() {
+    let go_mod = read("tests/tools/controlplane/go.mod");
+    let version = go_mod
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("k8s.io/kubernetes v1."))
+        .next()
+        .expect("go.mod requires k8s.io/kubernetes v1.x");
+    let minor = version.split('.').next().expect("a minor version");
+
+    let cargo = read("Cargo.toml");
+    let line = cargo
+        .lines()
+        .find(|l| l.starts_with("k8s-openapi"))
+        .expect("Cargo.toml depends on k8s-openapi");
+    assert!(
+        line.contains(&format!("\"v1_{minor}\"")),
+        "Kubernetes 1.{minor} is pinned in tests/tools/controlplane/go.mod, but Cargo.toml has: {line}"
+    );
+}
+
+#[test]
+fn every_staging_module_is_pinned_to_the_same_release() {
+    let go_mod = read("tests/tools/controlplane/go.mod");
+    let version = go_mod
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("k8s.io/kubernetes v1."))
+        .next()
+        .expect("go.mod requires k8s.io/kubernetes v1.x");
+    let staging = format!("v0.{version}");
+    let replaces: Vec<&str> = go_mod.lines().filter(|l| l.contains(" => ")).collect();
+    assert!(
+        replaces.len() > 20,
+        "the staging modules need replace lines"
+    );
+    for line in replaces {
+        assert!(
+            line.trim_end().ends_with(&staging),
+            "not at {staging}: {line}"
+        );
+    }
+}

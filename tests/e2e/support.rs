@@ -1,0 +1,373 @@
+//! The e2e harness: the cluster of `make cluster` (read from `target/cluster/env`), the real
+//! `kubectl` with its exit codes and messages, throw-away namespaces and Nodes, and polling with
+//! generous deadlines. Every test talks to the real kube-apiserver, never to gpushare directly,
+//! except where it checks gpushare's own endpoints.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long a condition that crosses the API server, a watch and gpushare's caches may take on a
+/// busy 2-core CI machine.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn cluster_dir() -> PathBuf {
+    root().join("target/cluster")
+}
+
+/// `target/cluster/env`, as `make cluster` wrote it.
+pub fn env() -> &'static BTreeMap<String, String> {
+    static ENV: OnceLock<BTreeMap<String, String>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let path = cluster_dir().join("env");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; start the control plane with `make cluster` (make e2e does)",
+                path.display()
+            )
+        });
+        text.lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    })
+}
+
+pub fn env_var(name: &str) -> &'static str {
+    env()
+        .get(name)
+        .unwrap_or_else(|| panic!("{name} missing from target/cluster/env"))
+}
+
+pub fn kubeconfig() -> &'static str {
+    env_var("KUBECONFIG")
+}
+
+/// What a finished command printed, and how it exited.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    #[track_caller]
+    pub fn ok(self) -> Run {
+        assert_eq!(self.code, 0, "command failed:\n{}", self.stderr);
+        self
+    }
+
+    #[track_caller]
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", self.stdout))
+    }
+}
+
+/// Runs a command with an optional stdin, bounded by a deadline.
+pub fn run(command: &mut Command, stdin: Option<&str>) -> Run {
+    command
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin piped")
+            .write_all(input.as_bytes())
+            .expect("stdin written");
+    }
+    let output = child.wait_with_output().expect("command finishes");
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// The real kubectl, as the cluster admin, with a request timeout so nothing hangs forever.
+pub fn kubectl(args: &[&str]) -> Run {
+    kubectl_in(args, None)
+}
+
+pub fn kubectl_in(args: &[&str], stdin: Option<&str>) -> Run {
+    let mut command = Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()));
+    command
+        .env("KUBECONFIG", kubeconfig())
+        .arg("--request-timeout=30s")
+        .args(args);
+    run(&mut command, stdin)
+}
+
+/// `kubectl apply -f -` of YAML text.
+pub fn apply(yaml: &str, extra: &[&str]) -> Run {
+    let mut args = vec!["apply", "-f", "-"];
+    args.extend_from_slice(extra);
+    kubectl_in(&args, Some(yaml))
+}
+
+pub fn get_json(args: &[&str]) -> Value {
+    let mut all = vec!["get", "-o", "json"];
+    all.extend_from_slice(args);
+    kubectl(&all).ok().json()
+}
+
+/// The `gpushare` binary of this build.
+pub fn gpushare() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gpushare"));
+    command.env("NO_COLOR", "1").env("KUBECONFIG", kubeconfig());
+    command
+}
+
+/// The control-plane script, for outages (stop/start of serve or kube-apiserver).
+pub fn cluster(action: &str) -> Run {
+    let mut command = Command::new("bash");
+    command
+        .arg(root().join("tests/e2e/cluster.sh"))
+        .arg(action)
+        .env("GPUSHARE", env!("CARGO_BIN_EXE_gpushare"));
+    run(&mut command, None)
+}
+
+/// Polls `check` until it returns `Some`, failing the test with `what` and the last observation
+/// when the deadline passes.
+#[track_caller]
+pub fn eventually<T>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(last) if Instant::now() >= deadline => {
+                panic!("timed out waiting for {what}; last seen: {last}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
+}
+
+/// A namespace of one test, deleted (with everything in it) when the test ends.
+pub struct Namespace {
+    pub name: String,
+}
+
+impl Namespace {
+    pub fn new(name: &str) -> Namespace {
+        // A leftover of an interrupted earlier run is finished off first.
+        let _ = kubectl(&[
+            "delete",
+            "namespace",
+            name,
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=60s",
+        ]);
+        kubectl(&["create", "namespace", name]).ok();
+        eventually(&format!("the default ServiceAccount of {name}"), || {
+            let run = kubectl(&["-n", name, "get", "serviceaccount", "default"]);
+            if run.code == 0 {
+                Ok(())
+            } else {
+                Err(run.stderr)
+            }
+        });
+        Namespace {
+            name: name.to_string(),
+        }
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = kubectl(&[
+            "delete",
+            "namespace",
+            &self.name,
+            "--wait=false",
+            "--ignore-not-found",
+        ]);
+    }
+}
+
+/// A Node of one test: an edge device with `gpus` T4s offered to Kubernetes, labelled and with
+/// allocatable as the NVIDIA device plugin and GPU feature discovery set them. Deleted on drop.
+/// Workloads of a test pin themselves to its node, so tests never share GPU capacity.
+pub struct TestNode {
+    pub name: String,
+}
+
+impl TestNode {
+    pub fn new(name: &str, gpus: u32) -> TestNode {
+        let _ = kubectl(&["delete", "node", name, "--ignore-not-found"]);
+        let yaml = format!(
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels:\n    kubernetes.io/hostname: {name}\n    nvidia.com/gpu.present: \"true\"\n    nvidia.com/gpu.product: Tesla-T4\n    nvidia.com/gpu.count: \"{gpus}\"\n"
+        );
+        apply(&yaml, &[]).ok();
+        let node = TestNode {
+            name: name.to_string(),
+        };
+        node.set_allocatable(gpus);
+        node
+    }
+
+    pub fn set_allocatable(&self, gpus: u32) {
+        let patch = format!(
+            "{{\"status\":{{\"capacity\":{{\"nvidia.com/gpu\":\"{gpus}\"}},\"allocatable\":{{\"nvidia.com/gpu\":\"{gpus}\"}}}}}}"
+        );
+        kubectl(&[
+            "patch",
+            "node",
+            &self.name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &patch,
+        ])
+        .ok();
+    }
+
+    /// What a VM taking GPUs looks like to Kubernetes: fewer GPUs in the labels and allocatable.
+    pub fn set_gpus(&self, gpus: u32) {
+        kubectl(&[
+            "label",
+            "node",
+            &self.name,
+            "--overwrite",
+            &format!("nvidia.com/gpu.count={gpus}"),
+        ])
+        .ok();
+        self.set_allocatable(gpus);
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        let _ = kubectl(&[
+            "delete",
+            "node",
+            &self.name,
+            "--ignore-not-found",
+            "--wait=false",
+        ]);
+    }
+}
+
+/// A Deployment manifest pinned to `node`, with gpushare annotations on its metadata.
+pub fn deployment(
+    name: &str,
+    namespace: &str,
+    node: &str,
+    replicas: u32,
+    annotations: &[(&str, &str)],
+) -> String {
+    let annotations: String = annotations
+        .iter()
+        .map(|(k, v)| format!("\n    {k}: \"{v}\""))
+        .collect();
+    let annotations = if annotations.is_empty() {
+        " {}".to_string()
+    } else {
+        annotations
+    };
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+  namespace: {namespace}
+  annotations:{annotations}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      nodeSelector: {{kubernetes.io/hostname: {node}}}
+      containers:
+        - name: cuda
+          image: nvcr.io/nvidia/k8s/cuda-sample:nbody
+"#
+    )
+}
+
+/// The value of an env var of the first container of a pod template (`/spec/template`).
+pub fn template_env(object: &Value, template: &str, name: &str) -> Option<String> {
+    object
+        .pointer(&format!("{template}/spec/containers/0/env"))?
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)
+        .and_then(|e| e["value"].as_str().map(str::to_string))
+}
+
+pub fn annotation(object: &Value, metadata: &str, key: &str) -> Option<String> {
+    object
+        .pointer(&format!("{metadata}/annotations"))?
+        .get(key)?
+        .as_str()
+        .map(str::to_string)
+}
+
+/// The prefix kubectl prints for a denial by gpushare's managed webhook.
+pub const MANAGED_DENIED: &str = "admission webhook \"managed.gpushare.io\" denied the request: ";
+pub const UNMANAGED_DENIED: &str =
+    "admission webhook \"unmanaged.gpushare.io\" denied the request: ";
+
+/// Asserts kubectl's exit code and that its stderr carries the webhook's denial with `fragment`.
+#[track_caller]
+pub fn assert_denied(run: &Run, prefix: &str, fragment: &str) {
+    assert_eq!(
+        run.code, 1,
+        "expected kubectl to fail; stdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    let denial = run
+        .stderr
+        .find(prefix)
+        .map(|at| &run.stderr[at + prefix.len()..])
+        .unwrap_or_else(|| panic!("no {prefix:?} in kubectl's stderr:\n{}", run.stderr));
+    assert!(
+        denial.contains(fragment),
+        "denial does not mention {fragment:?}:\n{denial}"
+    );
+}
+
+/// The HTTP status of a GET to gpushare's own HTTPS endpoint (`/readyz`), trusting its dev CA;
+/// "000" when it does not answer.
+pub fn webhook_status(path: &str) -> String {
+    let url = format!("{}{path}", env_var("GPUSHARE_WEBHOOK_URL"));
+    let mut command = Command::new("curl");
+    command.args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "5",
+        "--cacert",
+        env_var("GPUSHARE_WEBHOOK_CA"),
+        &url,
+    ]);
+    run(&mut command, None).stdout
+}
