@@ -69,7 +69,7 @@ bench:
 # `go build` (the first time 15-30 minutes, then from Go's build cache), with gpushare deployed from
 # manifests/ and `gpushare serve` running locally in cluster mode. Idempotent.
 cluster: build
-	@GPUSHARE=$(CURDIR)/$(BIN) KUBECTL=$(KUBECTL) bash tests/e2e/cluster.sh up
+	@GPUSHARE=$(CURDIR)/$(BIN) bash tests/e2e/cluster.sh up
 
 cluster-down:
 	@bash tests/e2e/cluster.sh down

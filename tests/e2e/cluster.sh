@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The local control plane of `make cluster` (CONTRACT section 6b): etcd, kube-apiserver and
 # kube-controller-manager built from the official Go modules (tests/tools/controlplane pins the
-# release), Node objects for a 2-GPU edge device, gpushare deployed from manifests/ through an
+# release, and kubectl of the same release is built beside them), Node objects for a 2-GPU edge device, gpushare deployed from manifests/ through an
 # overlay that only swaps the webhook's Service for a URL, and `gpushare serve` running in cluster
 # mode with a token of the ServiceAccount of manifests/. Everything listens on 127.0.0.1.
 #
@@ -20,7 +20,8 @@ BIN=$ROOT/target/controlplane/bin
 DIR=$ROOT/target/cluster
 PKI=$DIR/pki
 GPUSHARE=${GPUSHARE:-$ROOT/target/debug/gpushare}
-KUBECTL=${KUBECTL:-kubectl}
+# kubectl of the pinned release (the machine's own may be outside the supported +/-1 skew).
+KUBECTL=${KUBECTL:-$BIN/kubectl}
 NODES=$ROOT/tests/e2e/nodes.yaml
 
 log() { echo "cluster: $*" >&2; }
@@ -34,10 +35,10 @@ build() {
   local version stamp
   version=$(k8s_version)
   stamp="$BIN/.built-$version-$(cat "$MODULE/go.mod" "$MODULE/go.sum" "$MODULE/etcd/main.go" | sha256sum | cut -c1-16)"
-  if [[ -f $stamp && -x $BIN/kube-apiserver && -x $BIN/kube-controller-manager && -x $BIN/etcd ]]; then
+  if [[ -f $stamp && -x $BIN/kube-apiserver && -x $BIN/kube-controller-manager && -x $BIN/etcd && -x $BIN/kubectl ]]; then
     return
   fi
-  log "building etcd, kube-apiserver and kube-controller-manager $version (first time: 15-30 minutes on 2 cores)"
+  log "building etcd, kube-apiserver, kube-controller-manager and kubectl $version (first time: 10-25 minutes on 2 cores)"
   local minor=${version#v1.}; minor=${minor%%.*}
   local ldflags="-s -w"
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
@@ -47,7 +48,8 @@ build() {
   mkdir -p "$BIN"
   rm -f "$BIN"/.built-*
   (cd "$MODULE" && go build -trimpath -ldflags "$ldflags" -o "$BIN/" \
-    ./etcd k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager)
+    ./etcd k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kubectl)
   touch "$stamp"
 }
 
@@ -172,12 +174,14 @@ create_nodes() {
 deploy() {
   if [[ ! -f $DIR/webhook-certs/tls.crt ]]; then
     mkdir -p "$DIR/webhook-certs"
-    "$GPUSHARE" certs --out "$DIR/webhook-certs" > "$DIR/webhook-certs/ca-bundle"
+    "$GPUSHARE" certs --out "$DIR/webhook-certs" > "$DIR/webhook-certs/ca-bundle" 2>> "$DIR/setup.log"
   fi
   local bundle names
   bundle=$(tr -d '\n' < "$DIR/webhook-certs/ca-bundle")
+  # kubectl applies the template to each object of the render: one line per object.
   names=$($KUBECTL kustomize "$ROOT/manifests" \
-    | k create --dry-run=client -f - -o jsonpath='{range .items[?(@.kind=="MutatingWebhookConfiguration")]}{range .webhooks[*]}{.name}{"\n"}{end}{end}')
+    | k create --dry-run=client -f - -o jsonpath='{.kind}/{.metadata.name}:{.webhooks[*].name}{"\n"}' \
+    | sed -n 's|^MutatingWebhookConfiguration/gpushare:||p')
   [[ -n $names ]] || die "manifests/ render no MutatingWebhookConfiguration"
   mkdir -p "$DIR/overlay"
   {
@@ -259,6 +263,7 @@ write_env() {
     echo "GPUSHARE_SERVE_KUBECONFIG=$DIR/gpushare.kubeconfig"
     echo "KUBE_APISERVER_URL=https://127.0.0.1:$APISERVER_PORT"
     echo "KUBERNETES_VERSION=$(k8s_version)"
+    echo "KUBECTL=$KUBECTL"
   } > "$DIR/env"
 }
 

@@ -110,7 +110,9 @@ pub fn kubectl(args: &[&str]) -> Run {
 }
 
 pub fn kubectl_in(args: &[&str], stdin: Option<&str>) -> Run {
-    let mut command = Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()));
+    // kubectl of the pinned release, as `make cluster` built it.
+    let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| env_var("KUBECTL").to_string());
+    let mut command = Command::new(kubectl);
     command
         .env("KUBECONFIG", kubeconfig())
         .arg("--request-timeout=30s")
