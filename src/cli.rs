@@ -72,7 +72,8 @@ pub struct ServeArgs {
     /// Maximum concurrent connections.
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,
-    #[arg(long, value_enum, default_value = "text")]
+    /// Log format on stderr: `text` (coloured only on a terminal) or `json` (one object a line).
+    #[arg(long, value_enum, default_value = "text", env = "GPUSHARE_LOG_FORMAT")]
     pub log_format: LogFormat,
 }
 

@@ -15,6 +15,7 @@ pub mod commands;
 pub mod decision;
 pub mod domain;
 pub mod inventory;
+pub mod log_format;
 pub mod metrics;
 pub mod mutation;
 pub mod patch;
