@@ -25,6 +25,7 @@ pub mod policy_file;
 pub mod server;
 pub mod service;
 pub mod status;
+pub mod status_page;
 pub mod tls;
 pub mod verdict;
 pub mod workload;
