@@ -73,6 +73,8 @@ clean:
 # the chart's default render must equal `kubectl kustomize manifests/`.
 HELM_MODULE := tests/tools/helm
 HELM := target/tools/helm
+# Go from the PATH, else where the Go tarball installs it.
+GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 # The oldest Kubernetes release the chart and manifests support (README, "Kubernetes versions").
 MIN_KUBE_VERSION := 1.30.0
 CHART_ALL_ON := certManager.enabled=true,namespace.create=true,grafanaDashboard.enabled=true,statusPage.enabled=true
@@ -86,9 +88,9 @@ helm: $(HELM)
 $(HELM): $(HELM_MODULE)/go.mod $(HELM_MODULE)/go.sum
 	@mkdir -p $(dir $(HELM))
 	cd $(HELM_MODULE) && \
-	  version=$$(go list -m -f '{{.Version}}' helm.sh/helm/v3) && \
-	  k8s_minor=$$(go list -m -f '{{.Version}}' k8s.io/client-go | cut -d. -f2) && \
-	  go build -ldflags "-X helm.sh/helm/v3/internal/version.version=$$version \
+	  version=$$($(GO) list -m -f '{{.Version}}' helm.sh/helm/v3) && \
+	  k8s_minor=$$($(GO) list -m -f '{{.Version}}' k8s.io/client-go | cut -d. -f2) && \
+	  $(GO) build -ldflags "-X helm.sh/helm/v3/internal/version.version=$$version \
 	    -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$$k8s_minor \
 	    -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$$k8s_minor" \
 	    -o $(abspath $(HELM)) helm.sh/helm/v3/cmd/helm

@@ -371,3 +371,26 @@ fn the_grafana_dashboard_config_map_holds_the_dashboard() {
     .expect("the rendered dashboard is JSON");
     assert_eq!(rendered, shipped);
 }
+
+/// values.schema.json rejects misspelt values instead of letting Helm ignore them.
+#[test]
+fn a_misspelt_value_is_an_error_naming_it() {
+    let Some(helm) = helm() else { return };
+    for (value, mentions) in [
+        ("certmanager.enabled=true", "certmanager"),
+        ("webhook.timeoutSeconds=10", "timeoutSeconds"),
+        ("logFormat=yaml", "logFormat"),
+    ] {
+        let out = Command::new(&helm)
+            .args(["template", "gpushare"])
+            .arg(repo_path(CHART))
+            .args(["--set", value])
+            .output()
+            .expect("helm runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(mentions),
+            "--set {value} must fail naming {mentions}: {stderr}"
+        );
+    }
+}
