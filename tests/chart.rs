@@ -307,9 +307,15 @@ fn names_and_namespace_follow_the_release() {
     assert_eq!(pod["serviceAccountName"], name);
     the(&objects, "ConfigMap", Some("edge-gpushare-policy"));
     let role = the(&objects, "Role", Some(name));
-    assert_eq!(
-        strings(&role["rules"][0]["resourceNames"]),
-        ["edge-gpushare-policy"]
+    let policy_rule = role["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| strings(&r["resources"]).contains(&"configmaps"))
+        .expect("the Role grants the policy ConfigMap");
+    assert!(
+        strings(&policy_rule["resourceNames"]).contains(&"edge-gpushare-policy"),
+        "the Role must name the release's policy ConfigMap: {policy_rule}"
     );
     for binding in ["ClusterRoleBinding", "RoleBinding"] {
         let subjects = &the(&objects, binding, Some(name))["subjects"];
@@ -324,7 +330,13 @@ fn names_and_namespace_follow_the_release() {
         assert_eq!(target["name"], name);
         assert_eq!(target["namespace"], "gpu-system");
         assert_eq!(target["port"], service["spec"]["ports"][0]["port"]);
-        let excluded = strings(&webhook["namespaceSelector"]["matchExpressions"][0]["values"]);
+        let excluded: Vec<&str> = webhook["namespaceSelector"]["matchExpressions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["operator"] == "NotIn")
+            .flat_map(|e| strings(&e["values"]))
+            .collect();
         assert!(
             excluded.contains(&"gpu-system") && excluded.contains(&"kube-system"),
             "the webhook must never match its own namespace or kube-system: {excluded:?}"

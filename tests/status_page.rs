@@ -526,8 +526,8 @@ fn status_html_needs_no_browser_to_be_complete() {
     assert!(page.contains("edge/tracker"));
 }
 
-/// In cluster mode the page shows what the replica's caches hold: here a Deployment gpushare
-/// assigned earlier, counted on the one GPU node.
+/// In cluster mode the page shows what the replica's caches hold: here a Deployment admitted
+/// through the webhook and stored as the API server would store it, counted on the one GPU node.
 #[tokio::test]
 async fn in_cluster_mode_the_page_shows_the_cached_modules() {
     let api = fake_apiserver::FakeApiServer::start().await;
@@ -536,23 +536,32 @@ async fn in_cluster_mode_the_page_shows_the_cached_modules() {
         "metadata": {"name": "edge-1", "labels": {"nvidia.com/gpu.count": "2"}},
         "status": {"allocatable": {"nvidia.com/gpu": "2"}}
     }));
-    let mut vision = common::web(&[
-        (common::GPU, "0"),
-        (common::ASSIGNED_GPU, "0"),
-        (common::ASSIGNED_MODE, "time-slicing"),
-    ]);
-    vision["metadata"]["name"] = json!("vision");
-    vision["metadata"]["namespace"] = json!("default");
-    vision["spec"]["replicas"] = json!(2);
-    api.apply(vision);
     let dir = tempfile::tempdir().expect("temp dir");
     let kubeconfig = api.kubeconfig(dir.path());
     let server =
         tokio::task::spawn_blocking(move || Server::start_cluster(&kubeconfig, &["--status-page"]))
             .await
             .expect("server starts");
-
     let started = Instant::now();
+    while server.get("/readyz").await.0 != 200 {
+        assert!(
+            started.elapsed() < common::DEADLINE,
+            "the webhook never became ready; log:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut vision = common::web(&[(common::GPU, "0")]);
+    vision["metadata"]["name"] = json!("vision");
+    vision["metadata"]["namespace"] = json!("default");
+    vision["spec"]["replicas"] = json!(2);
+    let answer = server
+        .review(&common::Review::create(vision.clone()).to_json())
+        .await;
+    assert!(answer.allowed, "the module is admitted");
+    api.apply(answer.apply(&vision));
+
     let page = loop {
         let (status, page) = server.get("/status").await;
         assert_eq!(status, 200);
@@ -561,7 +570,7 @@ async fn in_cluster_mode_the_page_shows_the_cached_modules() {
         }
         assert!(
             started.elapsed() < common::DEADLINE,
-            "the page never showed the cached Deployment:\n{page}\nlog:\n{}",
+            "the page never showed the admitted Deployment:\n{page}\nlog:\n{}",
             server.log()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
