@@ -84,3 +84,38 @@ e2e: cluster
 
 clean:
 	$(CARGO) clean
+
+# ---- The Helm chart -------------------------------------------------------------------------
+# `make chart-test` builds Helm from its Go module (tests/tools/helm pins the release; Go's
+# caches stay in their default places), lints and renders charts/gpushare, and runs tests/chart.rs:
+# the chart's default render must equal `kubectl kustomize manifests/`.
+HELM_MODULE := tests/tools/helm
+HELM := target/tools/helm
+# Go from the PATH, else where the Go tarball installs it.
+GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
+# The oldest Kubernetes release the chart and manifests support (README, "Kubernetes versions").
+MIN_KUBE_VERSION := 1.30.0
+CHART_ALL_ON := certManager.enabled=true,namespace.create=true,grafanaDashboard.enabled=true,statusPage.enabled=true
+
+.PHONY: chart-test helm
+
+helm: $(HELM)
+
+# The same -X flags as Helm's own Makefile, so `helm version` and the default Kubernetes version of
+# `helm template` and `helm lint` are those of the release, not v1.20.
+$(HELM): $(HELM_MODULE)/go.mod $(HELM_MODULE)/go.sum
+	@mkdir -p $(dir $(HELM))
+	cd $(HELM_MODULE) && \
+	  version=$$($(GO) list -m -f '{{.Version}}' helm.sh/helm/v3) && \
+	  k8s_minor=$$($(GO) list -m -f '{{.Version}}' k8s.io/client-go | cut -d. -f2) && \
+	  $(GO) build -ldflags "-X helm.sh/helm/v3/internal/version.version=$$version \
+	    -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$$k8s_minor \
+	    -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$$k8s_minor" \
+	    -o $(abspath $(HELM)) helm.sh/helm/v3/cmd/helm
+	$(HELM) version --short
+
+chart-test: $(HELM)
+	$(HELM) lint --strict charts/gpushare
+	$(HELM) lint --strict charts/gpushare --kube-version $(MIN_KUBE_VERSION) --set $(CHART_ALL_ON)
+	$(HELM) template gpushare charts/gpushare -n gpushare-system --kube-version $(MIN_KUBE_VERSION) --set $(CHART_ALL_ON) > /dev/null
+	HELM=$(abspath $(HELM)) $(CARGO) test --locked --test chart

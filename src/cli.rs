@@ -72,7 +72,11 @@ pub struct ServeArgs {
     /// Maximum concurrent connections.
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,
-    #[arg(long, value_enum, default_value = "text")]
+    /// Serve the allocation page (`status -o html`) read-only at GET /status.
+    #[arg(long)]
+    pub status_page: bool,
+    /// Log format on stderr: `text` (coloured only on a terminal) or `json` (one object a line).
+    #[arg(long, value_enum, default_value = "text", env = "GPUSHARE_LOG_FORMAT")]
     pub log_format: LogFormat,
 }
 
@@ -114,6 +118,8 @@ pub struct CertsArgs {
 pub enum StatusOutput {
     Table,
     Json,
+    /// A self-contained HTML page: one bar per node and GPU.
+    Html,
 }
 
 #[derive(Debug, Args)]

@@ -19,6 +19,7 @@ use crate::policy_file;
 use crate::server::{self, AppState, Limits};
 use crate::service::{AdmissionService, Backend, StandaloneBackend};
 use crate::status;
+use crate::status_page::{self, StatusSource};
 use crate::tls::{self, ReloadingCert};
 
 /// Exit codes of `check` (and usage errors, which clap reports with 2 as well).
@@ -43,9 +44,10 @@ pub fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::Worker
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer);
+        .with_writer(writer)
+        .with_ansi(crate::log_format::use_colour(format));
     let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
     guard
@@ -85,6 +87,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     });
 
+    let status_source: StatusSource;
     let backend: Arc<dyn Backend> = if args.standalone {
         let policy = policy_or_default(args.policy.as_deref())?;
         tracing::info!(gpus = ?args.gpus, policy = ?args.policy, "standalone mode: one implicit node named standalone");
@@ -98,6 +101,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 target.set_policy(p)
             });
         }
+        let view = backend.clone();
+        status_source = StatusSource {
+            label: "standalone: each request is checked on its own, nothing is stored, so usage stays 0".into(),
+            rows: Arc::new(move || {
+                let (policy, inventory) = view.snapshot();
+                status::rows(&inventory, &policy)
+            }),
+        };
         backend
     } else {
         let fixed_policy = args.policy.as_deref().map(read_policy).transpose()?;
@@ -109,6 +120,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 target.set_policy(p)
             });
         }
+        let view = state.clone();
+        status_source = StatusSource {
+            label: "cluster, as this replica's caches see it".into(),
+            rows: Arc::new(move || {
+                let (policy, inventory) = view.snapshot();
+                status::rows(&inventory, &policy)
+            }),
+        };
         state
     };
 
@@ -125,6 +144,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         metrics,
         shutting_down: AtomicBool::new(false),
         request_timeout: Limits::default().request_timeout,
+        status_page: args.status_page.then_some(status_source),
     });
     let limits = Limits {
         max_connections: args.max_connections,
@@ -222,6 +242,18 @@ pub async fn status(args: StatusArgs) -> ExitCode {
             "{}",
             serde_json::to_string_pretty(&rows).expect("rows serialize")
         ),
+        StatusOutput::Html => {
+            let source = if args.from.is_empty() {
+                "cluster".to_owned()
+            } else {
+                format!("manifests: {}", args.from.join(", "))
+            };
+            let options = status_page::PageOptions {
+                source,
+                refresh_seconds: None,
+            };
+            print!("{}", status_page::render(&rows, &options));
+        }
     }
     ExitCode::SUCCESS
 }

@@ -59,16 +59,29 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub shutting_down: AtomicBool,
     pub request_timeout: Duration,
+    /// `--status-page`: the rows behind `GET /status`.
+    pub status_page: Option<crate::status_page::StatusSource>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let status_page = state.status_page.clone();
+    let router = Router::new()
         .route("/mutate", post(mutate))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(state)
+        .with_state(state);
+    match status_page {
+        Some(source) => router.merge(crate::status_page::router(
+            source,
+            STATUS_PAGE_REFRESH_SECONDS,
+        )),
+        None => router,
+    }
 }
+
+/// How often the served status page reloads itself.
+const STATUS_PAGE_REFRESH_SECONDS: u32 = 10;
 
 async fn mutate(State(state): State<Arc<AppState>>, request: Request<Body>) -> Response {
     let body =

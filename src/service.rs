@@ -57,6 +57,12 @@ impl StandaloneBackend {
         *current = Arc::new(StaticBackend { policy, inventory });
     }
 
+    /// The policy and inventory in force, for the status page.
+    pub fn snapshot(&self) -> (Policy, Inventory) {
+        let current = self.current();
+        (current.policy.clone(), current.inventory.clone())
+    }
+
     fn current(&self) -> Arc<StaticBackend> {
         self.current
             .read()

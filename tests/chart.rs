@@ -1,0 +1,408 @@
+//! The Helm chart `charts/gpushare` deploys what `manifests/` deploys: its default render equals
+//! `kubectl kustomize manifests/` object by object (labels may add to the kustomization's, the policy
+//! is compared as a policy), with cert-manager on it equals the overlay with the cert-manager
+//! component, and its values (replicas, image, policy, names) land where they must.
+//!
+//! Needs `helm`: `make chart-test` builds it from tests/tools/helm and sets HELM. Without HELM and
+//! without target/tools/helm the tests skip (so `make test` passes before the first
+//! `make chart-test`).
+
+mod render;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Command;
+
+use gpushare::policy::Policy;
+use render::{
+    by_key, differences, have_kubectl, key, kustomize, overlay, parse_documents, read, repo_path,
+    show, strings, take, the, Key,
+};
+use serde_json::Value;
+
+const CHART: &str = "charts/gpushare";
+
+fn helm() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("HELM") {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "HELM={} does not exist (make helm builds it)",
+            path.display()
+        );
+        return Some(path);
+    }
+    let built = repo_path("target/tools/helm");
+    if built.is_file() {
+        return Some(built);
+    }
+    eprintln!("SKIPPED: helm not found; `make chart-test` builds it and runs these tests");
+    None
+}
+
+/// `helm template RELEASE charts/gpushare -n NAMESPACE ARGS...`.
+fn template(helm: &PathBuf, release: &str, namespace: &str, args: &[&str]) -> Vec<Value> {
+    let out = Command::new(helm)
+        .args(["template", release])
+        .arg(repo_path(CHART))
+        .args(["--namespace", namespace])
+        .args(args)
+        .output()
+        .expect("helm runs");
+    assert!(
+        out.status.success(),
+        "`helm template {release} {CHART} {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("helm prints UTF-8");
+    parse_documents(&text, "`helm template`")
+}
+
+/// Both tools, or a skip.
+fn tools() -> Option<PathBuf> {
+    let helm = helm()?;
+    have_kubectl().then_some(helm)
+}
+
+/// Labels may add to the other render's (Helm's own), never drop or change one.
+fn take_labels_superset(
+    chart: &mut Value,
+    manifests: &mut Value,
+    pointer: &str,
+    errors: &mut Vec<String>,
+) {
+    let chart_labels = take(chart, pointer).unwrap_or(Value::Null);
+    let manifest_labels = take(manifests, pointer).unwrap_or(Value::Null);
+    for (label, value) in manifest_labels.as_object().into_iter().flatten() {
+        if chart_labels.get(label) != Some(value) {
+            errors.push(format!(
+                "{pointer}: label {label}={value} is missing or differs in the chart ({})",
+                chart_labels.get(label).unwrap_or(&Value::Null)
+            ));
+        }
+    }
+}
+
+/// The policy text of a policy ConfigMap as the server reads it.
+fn policy_of(config_map: &Value) -> Result<Policy, String> {
+    let text = config_map["data"]["policy.yaml"]
+        .as_str()
+        .ok_or("no data key policy.yaml")?;
+    Policy::from_yaml(text).map_err(|e| e.to_string())
+}
+
+/// Fails, listing every difference, unless the chart's render deploys what the kustomize render does.
+fn assert_equivalent(chart: &[Value], manifests: &[Value], what: &str) {
+    let chart = by_key(chart, "the chart");
+    let manifests = by_key(manifests, "the kustomization");
+    let chart_keys: BTreeSet<&Key> = chart.keys().collect();
+    let manifest_keys: BTreeSet<&Key> = manifests.keys().collect();
+    let only = |a: &BTreeSet<&Key>, b: &BTreeSet<&Key>| -> Vec<String> {
+        a.difference(b).map(|k| show(k)).collect()
+    };
+    assert_eq!(
+        chart_keys,
+        manifest_keys,
+        "{what}: the chart and the kustomization must render the same objects; only in the chart: {:?}; only in the kustomization: {:?}",
+        only(&chart_keys, &manifest_keys),
+        only(&manifest_keys, &chart_keys),
+    );
+    let mut errors = Vec::new();
+    for (k, manifest) in &manifests {
+        let mut chart = chart[k].clone();
+        let mut manifest = manifest.clone();
+        let mut object_errors = Vec::new();
+        take_labels_superset(
+            &mut chart,
+            &mut manifest,
+            "/metadata/labels",
+            &mut object_errors,
+        );
+        if chart.pointer("/spec/template/metadata").is_some() {
+            take_labels_superset(
+                &mut chart,
+                &mut manifest,
+                "/spec/template/metadata/labels",
+                &mut object_errors,
+            );
+        }
+        if k.0 == "ConfigMap" && manifest["data"].get("policy.yaml").is_some() {
+            match (policy_of(&chart), policy_of(&manifest)) {
+                (Ok(a), Ok(b)) if a == b => {}
+                (a, b) => object_errors.push(format!(
+                    "/data/policy.yaml: the policies differ:\n  chart: {a:?}\n  manifests: {b:?}"
+                )),
+            }
+            take(&mut chart, "/data/policy.yaml");
+            take(&mut manifest, "/data/policy.yaml");
+        }
+        object_errors.extend(differences(&chart, &manifest));
+        errors.extend(
+            object_errors
+                .into_iter()
+                .map(|e| format!("{}: {e}", show(k))),
+        );
+    }
+    assert!(
+        errors.is_empty(),
+        "{what}: the chart (left) differs from the kustomization (right); update charts/gpushare/templates to match manifests/ (or the other way round):\n{}",
+        errors.join("\n")
+    );
+}
+
+#[test]
+fn the_default_render_equals_the_manifests() {
+    let Some(helm) = tools() else { return };
+    let manifests = kustomize(&repo_path("manifests"));
+    // Helm keeps its release in the namespace, so by default the chart leaves the Namespace to the
+    // user; with namespace.create the chart renders everything manifests/ does.
+    let with_namespace = template(
+        &helm,
+        "gpushare",
+        "gpushare-system",
+        &["--set", "namespace.create=true"],
+    );
+    assert_equivalent(&with_namespace, &manifests, "namespace.create=true");
+
+    let default = template(&helm, "gpushare", "gpushare-system", &[]);
+    let without_namespace: Vec<Value> = manifests
+        .iter()
+        .filter(|o| o["kind"] != "Namespace")
+        .cloned()
+        .collect();
+    assert_equivalent(&default, &without_namespace, "default values");
+}
+
+#[test]
+fn with_cert_manager_it_equals_the_cert_manager_component() {
+    let Some(helm) = tools() else { return };
+    let manifests = overlay(&["manifests/components/cert-manager"], "");
+    let chart = template(
+        &helm,
+        "gpushare",
+        "gpushare-system",
+        &["--set", "namespace.create=true,certManager.enabled=true"],
+    );
+    assert_equivalent(&chart, &manifests, "certManager.enabled=true");
+}
+
+#[test]
+fn both_renders_log_json() {
+    let Some(helm) = tools() else { return };
+    for (origin, objects) in [
+        ("manifests/", kustomize(&repo_path("manifests"))),
+        (CHART, template(&helm, "gpushare", "gpushare-system", &[])),
+    ] {
+        let deployment = the(&objects, "Deployment", None);
+        let args = strings(&deployment["spec"]["template"]["spec"]["containers"][0]["args"]);
+        assert!(
+            args.windows(2).any(|w| w == ["--log-format", "json"]),
+            "{origin}: the webhook must log JSON (--log-format json): {args:?}"
+        );
+    }
+}
+
+#[test]
+fn replicas_image_and_policy_come_from_values() {
+    let Some(helm) = helm() else { return };
+    let objects = template(
+        &helm,
+        "gpushare",
+        "gpushare-system",
+        &[
+            "--set",
+            "replicaCount=3,image.repository=registry.example/gpushare,image.tag=1.2.3,logFormat=text",
+            "--set",
+            "policy.defaultMode=mps,policy.reservedForVms={1},policy.gpusPerNode=2",
+            "--set-string",
+            "policy.gpuModes.0=time-slicing",
+        ],
+    );
+    let deployment = the(&objects, "Deployment", Some("gpushare"));
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "registry.example/gpushare:1.2.3");
+    assert!(strings(&container["args"])
+        .windows(2)
+        .any(|w| w == ["--log-format", "text"]));
+
+    let config_map = the(&objects, "ConfigMap", Some("gpushare-policy"));
+    let policy =
+        policy_of(config_map).unwrap_or_else(|e| panic!("the rendered policy is invalid: {e}"));
+    let expected = Policy::from_yaml(
+        "defaultMode: mps\nreservedForVms: [1]\ngpusPerNode: 2\ngpuModes: {\"0\": time-slicing}\n",
+    )
+    .expect("the expected policy is valid");
+    assert_eq!(policy, expected, "policy values must reach the ConfigMap");
+
+    let default = template(&helm, "gpushare", "gpushare-system", &[]);
+    let image =
+        &the(&default, "Deployment", None)["spec"]["template"]["spec"]["containers"][0]["image"];
+    let chart = parse_documents(
+        &read(&repo_path("charts/gpushare/Chart.yaml")),
+        "Chart.yaml",
+    );
+    let app_version = chart[0]["appVersion"]
+        .as_str()
+        .expect("Chart.yaml has appVersion");
+    assert!(
+        image
+            .as_str()
+            .is_some_and(|i| i.ends_with(&format!(":{app_version}"))),
+        "the default image tag is the chart's appVersion {app_version}: {image}"
+    );
+}
+
+/// Another release name and namespace: every reference between the objects follows.
+#[test]
+fn names_and_namespace_follow_the_release() {
+    let Some(helm) = helm() else { return };
+    let objects = template(
+        &helm,
+        "edge",
+        "gpu-system",
+        &[
+            "--set",
+            "certManager.enabled=true,namespace.create=true,statusPage.enabled=true",
+        ],
+    );
+    let name = "edge-gpushare";
+    for object in &objects {
+        let (kind, namespace, object_name) = key(object);
+        if kind == "Namespace" {
+            continue;
+        }
+        assert!(
+            object_name.starts_with(name),
+            "{kind} {object_name} must be named after the release ({name}...)"
+        );
+        if ![
+            "Namespace",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "MutatingWebhookConfiguration",
+        ]
+        .contains(&kind.as_str())
+        {
+            assert_eq!(
+                namespace, "gpu-system",
+                "{kind} {object_name} must be in the release namespace"
+            );
+        }
+    }
+    the(&objects, "Namespace", Some("gpu-system"));
+    let deployment = the(&objects, "Deployment", Some(name));
+    let pod = &deployment["spec"]["template"]["spec"];
+    let args = strings(&pod["containers"][0]["args"]);
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--policy-configmap", "gpu-system/edge-gpushare-policy"]),
+        "serve must read the release's policy ConfigMap: {args:?}"
+    );
+    assert!(
+        args.contains(&"--status-page"),
+        "statusPage.enabled passes --status-page: {args:?}"
+    );
+    assert_eq!(pod["serviceAccountName"], name);
+    the(&objects, "ConfigMap", Some("edge-gpushare-policy"));
+    let role = the(&objects, "Role", Some(name));
+    let policy_rule = role["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| strings(&r["resources"]).contains(&"configmaps"))
+        .expect("the Role grants the policy ConfigMap");
+    assert!(
+        strings(&policy_rule["resourceNames"]).contains(&"edge-gpushare-policy"),
+        "the Role must name the release's policy ConfigMap: {policy_rule}"
+    );
+    for binding in ["ClusterRoleBinding", "RoleBinding"] {
+        let subjects = &the(&objects, binding, Some(name))["subjects"];
+        assert_eq!(subjects[0]["name"], name);
+        assert_eq!(subjects[0]["namespace"], "gpu-system");
+    }
+
+    let service = the(&objects, "Service", Some(name));
+    let webhooks = &the(&objects, "MutatingWebhookConfiguration", Some(name));
+    for webhook in webhooks["webhooks"].as_array().expect("webhooks") {
+        let target = &webhook["clientConfig"]["service"];
+        assert_eq!(target["name"], name);
+        assert_eq!(target["namespace"], "gpu-system");
+        assert_eq!(target["port"], service["spec"]["ports"][0]["port"]);
+        let excluded: Vec<&str> = webhook["namespaceSelector"]["matchExpressions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["operator"] == "NotIn")
+            .flat_map(|e| strings(&e["values"]))
+            .collect();
+        assert!(
+            excluded.contains(&"gpu-system") && excluded.contains(&"kube-system"),
+            "the webhook must never match its own namespace or kube-system: {excluded:?}"
+        );
+    }
+
+    let certificate_name = webhooks["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
+        .as_str()
+        .and_then(|v| v.strip_prefix("gpu-system/"))
+        .expect("inject-ca-from names a Certificate in the release namespace");
+    let certificate = the(&objects, "Certificate", Some(certificate_name));
+    let dns = strings(&certificate["spec"]["dnsNames"]);
+    assert!(dns.contains(&"edge-gpushare.gpu-system.svc"), "{dns:?}");
+    let volume = pod["volumes"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == "tls"))
+        .expect("the tls volume");
+    assert_eq!(
+        volume["secret"]["secretName"],
+        certificate["spec"]["secretName"]
+    );
+}
+
+#[test]
+fn the_grafana_dashboard_config_map_holds_the_dashboard() {
+    let Some(helm) = helm() else { return };
+    let objects = template(
+        &helm,
+        "gpushare",
+        "gpushare-system",
+        &["--set", "grafanaDashboard.enabled=true"],
+    );
+    let config_map = the(&objects, "ConfigMap", Some("gpushare-dashboard"));
+    assert_eq!(config_map["metadata"]["labels"]["grafana_dashboard"], "1");
+    let shipped: Value = serde_json::from_str(&read(&repo_path(
+        "charts/gpushare/dashboards/gpushare.json",
+    )))
+    .expect("the dashboard is JSON");
+    let rendered: Value = serde_json::from_str(
+        config_map["data"]["gpushare.json"]
+            .as_str()
+            .expect("the ConfigMap has gpushare.json"),
+    )
+    .expect("the rendered dashboard is JSON");
+    assert_eq!(rendered, shipped);
+}
+
+/// values.schema.json rejects misspelt values instead of letting Helm ignore them.
+#[test]
+fn a_misspelt_value_is_an_error_naming_it() {
+    let Some(helm) = helm() else { return };
+    for (value, mentions) in [
+        ("certmanager.enabled=true", "certmanager"),
+        ("webhook.timeoutSeconds=10", "timeoutSeconds"),
+        ("logFormat=yaml", "logFormat"),
+    ] {
+        let out = Command::new(&helm)
+            .args(["template", "gpushare"])
+            .arg(repo_path(CHART))
+            .args(["--set", value])
+            .output()
+            .expect("helm runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(mentions),
+            "--set {value} must fail naming {mentions}: {stderr}"
+        );
+    }
+}
