@@ -1,17 +1,17 @@
 //! The decision core, table-driven: one row per rule and edge case of CONTRACT sections 2-4.
-//! Each row feeds `gpushare::decision::decide` a Deployment as `kubectl` writes it, applies the
+//! Each row feeds `gpushare::core::decision::decide` a Deployment as `kubectl` writes it, applies the
 //! returned JSON Patch, and checks what a user would see; allowed rows are re-decided to prove
 //! the mutation is idempotent.
 
 use std::collections::BTreeMap;
 use std::panic::{self, AssertUnwindSafe};
 
-use gpushare::decision::{decide, Operation, Request};
-use gpushare::domain::{GpuIndex, Mode, Percentage};
-use gpushare::inventory::{Inventory, Module, ModuleKey, Node, Placement};
-use gpushare::policy::Policy;
-use gpushare::verdict::{Assignment, Mutation, Outcome, Verdict};
-use gpushare::workload::Deployment;
+use gpushare::core::decision::{decide, Operation, Request};
+use gpushare::core::domain::{GpuIndex, Mode, Percentage};
+use gpushare::core::inventory::{Inventory, Module, ModuleKey, Node, Placement};
+use gpushare::core::policy::Policy;
+use gpushare::core::verdict::{Assignment, Mutation, Outcome, Verdict};
+use gpushare::core::workload::Deployment;
 use serde_json::{json, Value};
 
 const GPU: &str = "gpushare.io/gpu";

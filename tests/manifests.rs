@@ -817,7 +817,7 @@ fn policy_config_map_holds_the_default_policy() {
 /// the shipped policy and find it equal to the embedded default, and accept the example policy.
 #[test]
 fn shipped_policies_pass_the_strict_policy_parser() {
-    use gpushare::policy::Policy;
+    use gpushare::core::policy::Policy;
 
     let config_map = the("ConfigMap", "gpushare-policy");
     let text = config_map["data"]["policy.yaml"]

@@ -13,12 +13,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use base64::Engine as _;
-use gpushare::admission::{Response, ReviewResponse, API_VERSION, KIND};
-use gpushare::check::{check, parse_documents, Document};
-use gpushare::inventory::Inventory;
-use gpushare::metrics::Metrics;
-use gpushare::policy::Policy;
-use gpushare::service::{AdmissionService, StaticBackend};
+use gpushare::cli::check::{check, parse_documents, Document};
+use gpushare::core::inventory::Inventory;
+use gpushare::core::policy::Policy;
+use gpushare::webhook::admission::{Response, ReviewResponse, API_VERSION, KIND};
+use gpushare::webhook::metrics::Metrics;
+use gpushare::webhook::service::{AdmissionService, StaticBackend};
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
 use serde_json::{json, Value};

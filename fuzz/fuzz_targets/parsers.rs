@@ -16,11 +16,11 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use gpushare::annotations::UserAnnotations;
-use gpushare::check::{self, Document};
-use gpushare::domain::GpuIndex;
-use gpushare::inventory::Inventory;
-use gpushare::policy::{GpuChoice, Policy};
+use gpushare::core::annotations::UserAnnotations;
+use gpushare::cli::check::{self, Document};
+use gpushare::core::domain::GpuIndex;
+use gpushare::core::inventory::Inventory;
+use gpushare::core::policy::{GpuChoice, Policy};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

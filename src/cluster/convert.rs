@@ -6,13 +6,13 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::Deployment as K8sDeployment;
 use k8s_openapi::api::core::v1::Node as K8sNode;
 
-use crate::annotations::{
+use crate::core::annotations::{
     self, UserAnnotations, ASSIGNED_GPU, ASSIGNED_MODE, ASSIGNED_MPS_PERCENTAGE,
 };
-use crate::domain::{GpuIndex, Mode, Percentage};
-use crate::inventory::{Module, ModuleKey, Node, Placement};
-use crate::verdict::Assignment;
-use crate::workload::Deployment;
+use crate::core::domain::{GpuIndex, Mode, Percentage};
+use crate::core::inventory::{Module, ModuleKey, Node, Placement};
+use crate::core::verdict::Assignment;
+use crate::core::workload::Deployment;
 
 pub const GPU_COUNT_LABEL: &str = "nvidia.com/gpu.count";
 pub const GPU_REPLICAS_LABEL: &str = "nvidia.com/gpu.replicas";

@@ -5,7 +5,6 @@ mod convert;
 mod state;
 mod watch;
 
-use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -16,9 +15,9 @@ use kube::{Api, Client};
 
 pub use state::{Cache, ClusterState, RESERVATION_TTL};
 
-use crate::inventory::Inventory;
-use crate::metrics::Metrics;
-use crate::policy::Policy;
+use crate::core::inventory::Inventory;
+use crate::core::policy::Policy;
+use crate::webhook::metrics::Metrics;
 
 /// Splits `NAMESPACE/NAME`.
 pub fn configmap_ref(value: &str) -> anyhow::Result<(String, String)> {
@@ -73,12 +72,12 @@ pub async fn start(
 /// Reads the cluster once, for `gpushare status`.
 pub async fn snapshot(
     configmap: &str,
-    policy_file: Option<&Path>,
+    fixed_policy: Option<Policy>,
 ) -> anyhow::Result<(Policy, Inventory)> {
     let (namespace, name) = configmap_ref(configmap)?;
     let client = client().await?;
-    let policy = match policy_file {
-        Some(path) => crate::commands::read_policy(path)?,
+    let policy = match fixed_policy {
+        Some(policy) => policy,
         None => {
             let api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
             match api

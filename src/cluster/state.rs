@@ -6,12 +6,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::decision::{self, Request};
-use crate::inventory::{Inventory, Module, ModuleKey, Node, Placement};
-use crate::metrics::{CacheLabels, GpuLabels, Metrics};
-use crate::policy::Policy;
-use crate::service::Backend;
-use crate::verdict::{Outcome, Verdict};
+use crate::core::decision::{self, Request};
+use crate::core::inventory::{Inventory, Module, ModuleKey, Node, Placement};
+use crate::core::policy::Policy;
+use crate::core::verdict::{Outcome, Verdict};
+use crate::webhook::metrics::{CacheLabels, GpuLabels, Metrics};
+use crate::webhook::service::Backend;
 
 /// How long an admitted module is counted before the cache shows it. An object the API server
 /// finally rejected (another webhook, validation) stops counting after this.
@@ -288,10 +288,10 @@ impl Backend for ClusterState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decision::Operation;
-    use crate::domain::{GpuIndex, Mode, Percentage};
-    use crate::verdict::Assignment;
-    use crate::workload::Deployment;
+    use crate::core::decision::Operation;
+    use crate::core::domain::{GpuIndex, Mode, Percentage};
+    use crate::core::verdict::Assignment;
+    use crate::core::workload::Deployment;
 
     fn state(gpus: u32) -> ClusterState {
         let state = ClusterState::new(

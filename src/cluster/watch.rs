@@ -15,8 +15,8 @@ use kube::{Api, Client, Resource};
 
 use super::convert;
 use super::state::{Cache, ClusterState};
-use crate::metrics::{Metrics, ResultLabels};
-use crate::policy::Policy;
+use crate::core::policy::Policy;
+use crate::webhook::metrics::{Metrics, ResultLabels};
 
 /// The ConfigMap key that holds the policy.
 pub const POLICY_KEY: &str = "policy.yaml";

@@ -2,12 +2,21 @@
 //! updated in place by the kubelet). An invalid edit is logged and counted; the last valid
 //! policy stays in force.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::metrics::{Metrics, ResultLabels};
-use crate::policy::Policy;
+use crate::core::policy::Policy;
+use crate::webhook::metrics::{Metrics, ResultLabels};
+
+/// Reads and validates a policy file.
+pub fn read_policy(path: &Path) -> anyhow::Result<Policy> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read policy {}", path.display()))?;
+    Policy::from_yaml(&text).with_context(|| format!("invalid policy {}", path.display()))
+}
 
 fn modified(path: &PathBuf) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
@@ -30,7 +39,7 @@ pub fn watch(
                 continue;
             }
             last = now;
-            match crate::commands::read_policy(&path) {
+            match read_policy(&path) {
                 Ok(policy) => {
                     tracing::info!(file = %path.display(), "policy reloaded");
                     metrics

@@ -6,13 +6,15 @@ use std::time::Instant;
 
 use serde_json::value::RawValue;
 
-use crate::admission::{self, AdmissionRequest, BadReview, GroupVersionKind, ReviewResponse};
-use crate::decision::{self, Operation, Request};
-use crate::inventory::Inventory;
-use crate::metrics::{Decision, Metrics, RequestLabels};
-use crate::policy::Policy;
-use crate::verdict::{Outcome, Verdict};
-use crate::workload::{Deployment, JsonObject};
+use crate::core::decision::{self, Operation, Request};
+use crate::core::inventory::Inventory;
+use crate::core::policy::Policy;
+use crate::core::verdict::{Outcome, Verdict};
+use crate::core::workload::{Deployment, JsonObject};
+use crate::webhook::admission::{
+    self, AdmissionRequest, BadReview, GroupVersionKind, ReviewResponse,
+};
+use crate::webhook::metrics::{Decision, Metrics, RequestLabels};
 
 /// Where decisions are made: a fixed policy and node (standalone) or the cluster's live caches.
 pub trait Backend: Send + Sync {

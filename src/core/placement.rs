@@ -4,11 +4,11 @@
 
 use std::fmt::Write as _;
 
-use crate::annotations;
-use crate::domain::{GpuIndex, Mode, Percentage};
-use crate::inventory::{Inventory, ModuleKey, Node, Placement};
-use crate::policy::{Enforcement, Policy, Strategy};
-use crate::verdict::{Denial, Rule};
+use crate::core::annotations;
+use crate::core::domain::{GpuIndex, Mode, Percentage};
+use crate::core::inventory::{Inventory, ModuleKey, Node, Placement};
+use crate::core::policy::{Enforcement, Policy, Strategy};
+use crate::core::verdict::{Denial, Rule};
 
 /// What one module needs from a GPU.
 #[derive(Debug, Clone, Copy)]

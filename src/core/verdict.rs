@@ -3,7 +3,7 @@
 
 use json_patch::PatchOperation;
 
-use crate::domain::{GpuIndex, MemoryLimit, Mode, Percentage};
+use crate::core::domain::{GpuIndex, MemoryLimit, Mode, Percentage};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {

@@ -7,11 +7,11 @@ use std::io::Read;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::decision::{self, Operation, Request};
-use crate::inventory::{Inventory, Module, ModuleKey, Placement};
-use crate::policy::Policy;
-use crate::verdict::{Outcome, Verdict};
-use crate::workload::Deployment;
+use crate::core::decision::{self, Operation, Request};
+use crate::core::inventory::{Inventory, Module, ModuleKey, Placement};
+use crate::core::policy::Policy;
+use crate::core::verdict::{Outcome, Verdict};
+use crate::core::workload::Deployment;
 
 /// Input that cannot be checked at all (exit code 2).
 #[derive(Debug, thiserror::Error)]

@@ -1,15 +1,15 @@
 //! The one decision: (workload, policy, inventory) -> allowed with a patch, or denied with a
 //! message. Pure: no I/O, no clock, no shared state. The webhook and `gpushare check` both call it.
 
-use crate::annotations::{self, UserAnnotations, ASSIGNED_GPU};
-use crate::domain::*;
-use crate::inventory::{Inventory, ModuleKey, Placement};
-use crate::mutation::{release, write_assignment};
-use crate::patch::PatchBuilder;
-use crate::placement::{Demand, Scope};
-use crate::policy::{GpuChoice, Policy};
-use crate::verdict::{Assignment, Denial, Mutation, Outcome, Rule, Verdict};
-use crate::workload::{Container, Deployment, Workload};
+use crate::core::annotations::{self, UserAnnotations, ASSIGNED_GPU};
+use crate::core::domain::*;
+use crate::core::inventory::{Inventory, ModuleKey, Placement};
+use crate::core::mutation::{release, write_assignment};
+use crate::core::patch::PatchBuilder;
+use crate::core::placement::{Demand, Scope};
+use crate::core::policy::{GpuChoice, Policy};
+use crate::core::verdict::{Assignment, Denial, Mutation, Outcome, Rule, Verdict};
+use crate::core::workload::{Container, Deployment, Workload};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
-use crate::domain::{GpuIndex, Mode, Percentage, MPS_MAX_CLIENTS};
+use crate::core::domain::{GpuIndex, Mode, Percentage, MPS_MAX_CLIENTS};
 
 /// The embedded default policy: every key at its documented default.
 pub const DEFAULT_POLICY_YAML: &str = include_str!("default-policy.yaml");

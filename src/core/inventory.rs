@@ -4,9 +4,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::domain::{GpuIndex, Mode};
-use crate::policy::Policy;
-use crate::verdict::Assignment;
+use crate::core::domain::{GpuIndex, Mode};
+use crate::core::policy::Policy;
+use crate::core::verdict::Assignment;
 
 /// A node as gpushare sees it.
 #[derive(Debug, Clone, PartialEq, Default)]

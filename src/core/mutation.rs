@@ -1,12 +1,14 @@
 //! The mutation (CONTRACT section 3): the JSON Patch that writes an assignment into a workload,
 //! or takes gpushare's writes back when a workload stops being managed.
 
-use crate::annotations::{ASSIGNED_GPU, ASSIGNED_KEYS, ASSIGNED_MODE, ASSIGNED_MPS_PERCENTAGE};
-use crate::domain::*;
-use crate::patch::{EnvChange, PatchBuilder};
-use crate::policy::Policy;
-use crate::verdict::{Assignment, Mutation, Outcome};
-use crate::workload::Workload;
+use crate::core::annotations::{
+    ASSIGNED_GPU, ASSIGNED_KEYS, ASSIGNED_MODE, ASSIGNED_MPS_PERCENTAGE,
+};
+use crate::core::domain::*;
+use crate::core::patch::{EnvChange, PatchBuilder};
+use crate::core::policy::Policy;
+use crate::core::verdict::{Assignment, Mutation, Outcome};
+use crate::core::workload::Workload;
 
 /// Sets and removes the assigned annotations on the workload and on its pod template.
 fn annotate(

@@ -2,8 +2,8 @@
 
 use serde::Serialize;
 
-use crate::inventory::{GpuRow, Inventory};
-use crate::policy::Policy;
+use crate::core::inventory::{GpuRow, Inventory};
+use crate::core::policy::Policy;
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]

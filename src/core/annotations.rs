@@ -3,9 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::domain::{GpuIndex, MemoryLimit, Mode, Percentage};
-use crate::policy::GpuChoice;
-use crate::verdict::{Denial, Rule};
+use crate::core::domain::{GpuIndex, MemoryLimit, Mode, Percentage};
+use crate::core::policy::GpuChoice;
+use crate::core::verdict::{Denial, Rule};
 
 pub const PREFIX: &str = "gpushare.io/";
 pub const GPU: &str = "gpushare.io/gpu";

@@ -22,8 +22,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use crate::metrics::Metrics;
-use crate::service::AdmissionService;
+use crate::webhook::metrics::Metrics;
+use crate::webhook::service::AdmissionService;
 
 /// Bodies above this get 413: a Deployment is far smaller, and the API server's own limit is 3 MiB.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;

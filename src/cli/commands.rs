@@ -8,18 +8,18 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::check;
-use crate::cli::{
+use crate::cli::args::{
     CertsArgs, CheckArgs, CheckOutput, LogFormat, ServeArgs, StatusArgs, StatusOutput,
 };
-use crate::inventory::Inventory;
-use crate::metrics::Metrics;
-use crate::policy::Policy;
-use crate::policy_file;
-use crate::server::{self, AppState, Limits};
-use crate::service::{AdmissionService, Backend, StandaloneBackend};
-use crate::status;
-use crate::tls::{self, ReloadingCert};
+use crate::cli::check;
+use crate::cli::policy_file::{self, read_policy};
+use crate::cli::status;
+use crate::core::inventory::Inventory;
+use crate::core::policy::Policy;
+use crate::webhook::metrics::Metrics;
+use crate::webhook::server::{self, AppState, Limits};
+use crate::webhook::service::{AdmissionService, Backend, StandaloneBackend};
+use crate::webhook::tls::{self, ReloadingCert};
 
 /// Exit codes of `check` (and usage errors, which clap reports with 2 as well).
 pub const EXIT_DENIED: u8 = 1;
@@ -49,13 +49,6 @@ pub fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::Worker
         LogFormat::Text => builder.try_init(),
     };
     guard
-}
-
-/// Reads and validates a policy file.
-pub fn read_policy(path: &Path) -> anyhow::Result<Policy> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read policy {}", path.display()))?;
-    Policy::from_yaml(&text).with_context(|| format!("invalid policy {}", path.display()))
 }
 
 fn policy_or_default(path: Option<&Path>) -> anyhow::Result<Policy> {
@@ -179,7 +172,7 @@ pub fn check(args: CheckArgs) -> ExitCode {
 }
 
 pub fn certs(args: CertsArgs) -> ExitCode {
-    match crate::certs::write(&args.out, &args.service, &args.namespace, args.days) {
+    match crate::cli::certs::write(&args.out, &args.service, &args.namespace, args.days) {
         Ok(written) => {
             eprintln!(
                 "wrote {}, {} and {} (keys mode 0600); caBundle for the MutatingWebhookConfiguration:",
@@ -197,7 +190,11 @@ pub fn certs(args: CertsArgs) -> ExitCode {
 pub async fn status(args: StatusArgs) -> ExitCode {
     let result = if args.from.is_empty() {
         // The kube client retries some failures by itself; a status query must still end.
-        let read = crate::cluster::snapshot(&args.policy_configmap, args.policy.as_deref());
+        let fixed_policy = match args.policy.as_deref().map(read_policy).transpose() {
+            Ok(policy) => policy,
+            Err(error) => return fail(&error),
+        };
+        let read = crate::cluster::snapshot(&args.policy_configmap, fixed_policy);
         match tokio::time::timeout(STATUS_TIMEOUT, read).await {
             Ok(result) => result,
             Err(_) => Err(anyhow::anyhow!(
