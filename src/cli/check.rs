@@ -1,17 +1,19 @@
 //! `gpushare check`: offline validation of manifests for CI. Reads YAML or JSON documents
 //! (multi-document, `kind: List`), applies the same decision as the webhook with capacity counted
-//! across all documents together, and reports one verdict per Deployment.
+//! across all documents together, and reports one verdict per workload of a kind it examines (and
+//! a `SKIPPED` line for an object with gpushare annotations that it does not examine).
 
 use std::io::Read;
 
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::core::annotations;
 use crate::core::decision::{self, Operation, Request};
-use crate::core::inventory::{Inventory, Module, ModuleKey, Placement};
+use crate::core::inventory::Inventory;
 use crate::core::policy::Policy;
 use crate::core::verdict::{Outcome, Verdict};
-use crate::core::workload::Deployment;
+use crate::core::workload::{Kind, RawObject, Workload};
 
 /// Input that cannot be checked at all (exit code 2).
 #[derive(Debug, thiserror::Error)]
@@ -142,20 +144,42 @@ fn namespace_of(value: &Value) -> &str {
         .unwrap_or("default")
 }
 
-fn is_deployment(value: &Value) -> bool {
-    value.get("kind").and_then(Value::as_str) == Some("Deployment")
-        && value
-            .get("apiVersion")
-            .and_then(Value::as_str)
-            .is_some_and(|v| v.starts_with("apps/"))
+/// What a verdict line says about its object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    Allowed,
+    Denied,
+    /// Has `gpushare.io/` annotations, but gpushare does not examine it.
+    Skipped,
 }
 
-/// The verdict on one Deployment.
+impl Mark {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mark::Allowed => "ALLOWED",
+            Mark::Denied => "DENIED",
+            Mark::Skipped => "SKIPPED",
+        }
+    }
+}
+
+/// The verdict on one object: `ALLOWED <namespace>/<Kind>/<name> ...`, `DENIED ...: <reason>`
+/// or `SKIPPED ...: <why>`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Line {
-    pub allowed: bool,
+    pub mark: Mark,
     pub text: String,
     pub warnings: Vec<String>,
+}
+
+impl Line {
+    fn new(mark: Mark, object: &str, rest: String) -> Line {
+        Line {
+            mark,
+            text: format!("{} {object}{rest}", mark.as_str()),
+            warnings: Vec::new(),
+        }
+    }
 }
 
 /// Every object after checking (mutated where allowed), and the verdict lines.
@@ -163,103 +187,122 @@ pub struct Line {
 pub struct Report {
     pub objects: Vec<Value>,
     pub lines: Vec<Line>,
-    /// Nodes and the modules admitted, for `status --from`.
+    /// Nodes and the claims admitted, for `status --from`.
     pub inventory: Inventory,
 }
 
 impl Report {
     pub fn all_allowed(&self) -> bool {
-        self.lines.iter().all(|l| l.allowed)
+        self.lines.iter().all(|l| l.mark != Mark::Denied)
     }
 }
 
-/// Decides every Deployment in order, each admitted module counting against the next.
+/// The kinds gpushare examines, as messages list them.
+const EXAMINED: &str =
+    "apps/v1 Deployment, ReplicaSet, StatefulSet, DaemonSet; batch/v1 Job, CronJob; v1 Pod";
+
+/// Decides every workload in order, each admitted claim counting against the next.
 pub fn check(documents: Vec<Document>, policy: &Policy, mut inventory: Inventory) -> Report {
     let mut report = Report::default();
     for Document { value, .. } in documents {
-        if !is_deployment(&value) {
-            report.objects.push(value);
-            continue;
-        }
         let (value, line) = check_one(value, policy, &mut inventory);
         report.objects.push(value);
-        report.lines.push(line);
+        report.lines.extend(line);
     }
     report.inventory = inventory;
     report
 }
 
-fn check_one(mut value: Value, policy: &Policy, inventory: &mut Inventory) -> (Value, Line) {
-    let namespace = namespace_of(&value).to_string();
-    let name = value
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    let object = format!("{namespace}/{name}");
-    let denied = |message: String| Line {
-        allowed: false,
-        text: format!("DENIED {object}: {message}"),
-        warnings: Vec::new(),
+fn text_at<'a>(value: &'a Value, pointer: &str) -> &'a str {
+    value.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+}
+
+/// Whether a manifest of any kind carries `gpushare.io/` annotations where a workload would.
+fn has_gpushare_annotations(value: &Value) -> bool {
+    [
+        "/metadata/annotations",
+        "/spec/template/metadata/annotations",
+        "/spec/jobTemplate/spec/template/metadata/annotations",
+    ]
+    .iter()
+    .filter_map(|p| value.pointer(p).and_then(Value::as_object))
+    .any(|a| a.keys().any(|k| k.starts_with(annotations::PREFIX)))
+}
+
+fn check_one(
+    mut value: Value,
+    policy: &Policy,
+    inventory: &mut Inventory,
+) -> (Value, Option<Line>) {
+    let (api_version, kind_name) = (text_at(&value, "/apiVersion"), text_at(&value, "/kind"));
+    let name = text_at(&value, "/metadata/name").to_string();
+    let object = format!("{}/{kind_name}/{name}", namespace_of(&value));
+    let Some(kind) = Kind::from_api_version(api_version, kind_name) else {
+        let line = has_gpushare_annotations(&value).then(|| {
+            Line::new(
+                Mark::Skipped,
+                &object,
+                format!(
+                    ": {api_version} {kind_name} is not a kind gpushare examines ({EXAMINED}); its gpushare.io/ \
+                     annotations have no effect"
+                ),
+            )
+        });
+        return (value, line);
     };
+    let denied = |message: String| Some(Line::new(Mark::Denied, &object, format!(": {message}")));
     if name.is_empty() {
-        return (
-            value,
-            denied("metadata.name is missing; give the Deployment a name".into()),
-        );
+        let line = denied(format!("metadata.name is missing; give the {kind} a name"));
+        return (value, line);
     }
-    let deployment: Deployment = match Deployment::deserialize(&value) {
-        Ok(d) => d,
-        Err(error) => return (value, denied(format!("not a valid Deployment: {error}"))),
+    let raw = match RawObject::deserialize(&value) {
+        Ok(raw) => raw,
+        Err(error) => {
+            let line = denied(format!("not a valid {kind}: {error}"));
+            return (value, line);
+        }
     };
+    let workload = Workload::from_raw(kind, raw);
     let request = Request {
         operation: Operation::Create,
-        namespace: &namespace,
-        name: &name,
-        object: &deployment,
+        object: &workload,
         old_object: None,
     };
-    match decision::decide(&request, policy, inventory) {
-        Verdict::Denied(denial) => (value, denied(denial.message)),
-        Verdict::Allowed(mutation) => {
-            if let Err(error) = json_patch::patch(&mut value, &mutation.patch) {
-                return (
-                    value,
-                    denied(format!("internal error applying the patch: {error}")),
-                );
-            }
-            let summary = match &mutation.outcome {
-                Outcome::Assigned(assignment) => {
-                    let placement = Placement {
-                        node_selector: deployment.spec.template.spec.node_selector.clone(),
-                        node_name: deployment.spec.template.spec.node_name.clone(),
-                    };
-                    let key = ModuleKey {
-                        namespace: namespace.clone(),
-                        name: name.clone(),
-                    };
-                    inventory.modules.insert(
-                        key,
-                        Module {
-                            placement,
-                            assignment: assignment.clone(),
-                        },
-                    );
-                    assignment.summary()
-                }
-                Outcome::Excluded => "namespace excluded by policy".into(),
-                Outcome::Unmanaged | Outcome::Released => "unmanaged".into(),
-            };
-            (
-                value,
-                Line {
-                    allowed: true,
-                    text: format!("ALLOWED {object} {summary}"),
-                    warnings: mutation.warnings,
-                },
-            )
-        }
+    let mutation = match decision::decide(&request, policy, inventory) {
+        Verdict::Denied(denial) => return (value, denied(denial.message)),
+        Verdict::Allowed(mutation) => mutation,
+    };
+    if let Err(error) = json_patch::patch(&mut value, &mutation.patch) {
+        let line = denied(format!("internal error applying the patch: {error}"));
+        return (value, line);
     }
+    let summary = match mutation.outcome {
+        Outcome::Controlled(controller) => {
+            let line = workload.has_gpushare_annotations().then(|| {
+                Line::new(
+                    Mark::Skipped,
+                    &object,
+                    format!(
+                        ": owned by its controller {controller}, whose pod template gpushare examines instead"
+                    ),
+                )
+            });
+            return (value, line);
+        }
+        Outcome::Assigned(claim) => {
+            let summary = claim.assigned.to_string();
+            inventory.hold(claim);
+            summary
+        }
+        Outcome::Excluded => "namespace excluded by policy".into(),
+        Outcome::Finished => "finished: holds no GPU".into(),
+        Outcome::Unmanaged | Outcome::Released => "unmanaged".into(),
+    };
+    let line = Line {
+        warnings: mutation.warnings,
+        ..Line::new(Mark::Allowed, &object, format!(" {summary}"))
+    };
+    (value, Some(line))
 }
 
 /// Renders objects as a multi-document YAML stream.

@@ -1,5 +1,5 @@
-//! Cluster mode: watch-driven caches of nodes, the policy ConfigMap and managed Deployments feed
-//! the decision core; admission reads them and never calls the API server.
+//! Cluster mode: watch-driven caches of nodes, the policy ConfigMap and the claims of workloads of
+//! every kind feed the decision core; admission reads them and never calls the API server.
 
 mod convert;
 mod state;
@@ -8,16 +8,20 @@ mod watch;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::api::ListParams;
+use kube::core::DynamicObject;
 use kube::{Api, Client};
 
 pub use state::{Cache, ClusterState, RESERVATION_TTL};
 
 use crate::core::inventory::Inventory;
 use crate::core::policy::Policy;
+use crate::core::workload::Kind;
 use crate::webhook::metrics::Metrics;
+
+/// The workload kinds whose claims are cached.
+pub const WATCHED: [Kind; 1] = [Kind::Deployment];
 
 /// Splits `NAMESPACE/NAME`.
 pub fn configmap_ref(value: &str) -> anyhow::Result<(String, String)> {
@@ -46,10 +50,13 @@ pub async fn start(
     let client = client().await?;
     let state = Arc::new(ClusterState::new(
         fixed_policy.clone().unwrap_or_default(),
+        &WATCHED,
         metrics.clone(),
     ));
     tokio::spawn(watch::nodes(client.clone(), state.clone()));
-    tokio::spawn(watch::deployments(client.clone(), state.clone()));
+    for kind in WATCHED {
+        tokio::spawn(watch::workloads(client.clone(), state.clone(), kind));
+    }
     match fixed_policy {
         Some(_) => {
             tracing::info!("policy from --policy; the ConfigMap is not read");
@@ -85,18 +92,10 @@ pub async fn snapshot(
                 .await
                 .context("cannot read the policy ConfigMap")?
             {
-                Some(cm) => {
-                    let text = cm
-                        .data
-                        .as_ref()
-                        .and_then(|d| d.get(watch::POLICY_KEY))
-                        .cloned()
-                        .unwrap_or_default();
-                    Policy::from_yaml(&text).unwrap_or_else(|error| {
-                        eprintln!("warning: the policy ConfigMap is invalid ({error}); showing the embedded default");
-                        Policy::default()
-                    })
-                }
+                Some(cm) => watch::parse_policy(&cm).unwrap_or_else(|error| {
+                    eprintln!("warning: the policy ConfigMap {namespace}/{name} is invalid ({error}); showing the embedded default");
+                    Policy::default()
+                }),
                 None => Policy::default(),
             }
         }
@@ -105,17 +104,21 @@ pub async fn snapshot(
         .list(&ListParams::default())
         .await
         .context("cannot list nodes")?;
-    let deployments = Api::<Deployment>::all(client)
-        .list(&ListParams::default())
-        .await
-        .context("cannot list deployments")?;
-    let mut inventory = Inventory {
-        nodes: nodes.items.iter().map(convert::node).collect(),
-        ..Inventory::default()
-    };
-    for d in &deployments.items {
-        if let Some(module) = convert::module(d) {
-            inventory.modules.insert(convert::module_key(d), module);
+    let mut inventory = Inventory::new(nodes.items.iter().map(convert::node).collect());
+    for kind in WATCHED {
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &convert::api_resource(kind));
+        let mut params = ListParams::default();
+        if let Some(fields) = watch::workload_config(kind).field_selector {
+            params = params.fields(&fields);
+        }
+        let objects = api
+            .list(&params)
+            .await
+            .with_context(|| format!("cannot list {}", kind.plural()))?;
+        for object in &objects.items {
+            if let Some(claim) = convert::claim(kind, object) {
+                inventory.hold(claim);
+            }
         }
     }
     Ok((policy, inventory))

@@ -1,15 +1,17 @@
 //! The cluster's live view, fed by the watchers and read by admissions: nodes, the policy, the
-//! allocations of cached Deployments, and short-lived reservations for admissions the cache does
-//! not show yet, so two admissions racing in this process cannot double-book a GPU.
+//! claims of cached workloads of every watched kind, and short-lived reservations for admissions
+//! the cache does not show yet, so two admissions racing in this process cannot double-book a GPU.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::core::claim::{Claim, ClaimChange};
 use crate::core::decision::{self, Request};
-use crate::core::inventory::{Inventory, Module, ModuleKey, Node, Placement};
+use crate::core::inventory::{Inventory, Node};
 use crate::core::policy::Policy;
-use crate::core::verdict::{Outcome, Verdict};
+use crate::core::verdict::Verdict;
+use crate::core::workload::{Kind, WorkloadKey};
 use crate::webhook::metrics::{CacheLabels, GpuLabels, Metrics};
 use crate::webhook::service::Backend;
 
@@ -21,7 +23,8 @@ pub const RESERVATION_TTL: Duration = Duration::from_secs(30);
 pub enum Cache {
     Nodes,
     Policy,
-    Deployments,
+    /// The workloads of one kind.
+    Workloads(Kind),
 }
 
 impl Cache {
@@ -29,53 +32,47 @@ impl Cache {
         match self {
             Cache::Nodes => "nodes",
             Cache::Policy => "policy",
-            Cache::Deployments => "deployments",
+            Cache::Workloads(kind) => kind.plural(),
         }
     }
 }
 
+/// A claim (or its release: `None`) admitted here and not yet shown by the cache.
 struct Reservation {
-    module: Option<Module>,
+    claim: Option<Claim>,
     expires: Instant,
 }
 
 struct Inner {
     policy: Arc<Policy>,
     nodes: BTreeMap<String, Node>,
-    cached: HashMap<ModuleKey, Module>,
-    reservations: HashMap<ModuleKey, Reservation>,
-    /// Nodes and cached modules with reservations laid over them: what decisions read.
+    cached: HashMap<WorkloadKey, Claim>,
+    reservations: HashMap<WorkloadKey, Reservation>,
+    /// Nodes and cached claims with reservations laid over them: what decisions read.
     view: Inventory,
     synced: Vec<Cache>,
 }
 
 pub struct ClusterState {
     inner: Mutex<Inner>,
+    /// The caches readiness waits for.
+    required: Vec<Cache>,
     metrics: Arc<Metrics>,
 }
 
-/// Whether the cache shows the reserved allocation (memory limits are not recorded in annotations).
-fn same_allocation(a: &Module, b: &Module) -> bool {
-    let (x, y) = (&a.assignment, &b.assignment);
-    a.placement == b.placement
-        && x.gpu == y.gpu
-        && x.mode == y.mode
-        && x.percentage == y.percentage
-        && x.replicas == y.replicas
-        && x.clients == y.clients
-}
-
 impl Inner {
-    fn refresh_module(&mut self, key: &ModuleKey) {
-        let reserved = self.reservations.get(key).map(|r| r.module.clone());
+    fn refresh_claim(&mut self, key: &WorkloadKey) {
+        let reserved = self.reservations.get(key).map(|r| r.claim.clone());
         match reserved.unwrap_or_else(|| self.cached.get(key).cloned()) {
-            Some(module) => self.view.modules.insert(key.clone(), module),
-            None => self.view.modules.remove(key),
+            Some(claim) => self.view.hold(claim),
+            None => {
+                self.view.free(key);
+            }
         };
     }
 
     fn expire(&mut self, now: Instant) {
-        let expired: Vec<ModuleKey> = self
+        let expired: Vec<WorkloadKey> = self
             .reservations
             .iter()
             .filter(|(_, r)| r.expires <= now)
@@ -83,18 +80,23 @@ impl Inner {
             .collect();
         for key in expired {
             self.reservations.remove(&key);
-            self.refresh_module(&key);
+            self.refresh_claim(&key);
         }
     }
 
     fn rebuild_nodes(&mut self) {
-        self.view.nodes = self.nodes.values().cloned().collect();
+        self.view.set_nodes(self.nodes.values().cloned().collect());
     }
 }
 
 impl ClusterState {
-    pub fn new(policy: Policy, metrics: Arc<Metrics>) -> ClusterState {
+    /// A state that is ready once nodes, the policy and the workloads of every kind in `kinds`
+    /// have synced.
+    pub fn new(policy: Policy, kinds: &[Kind], metrics: Arc<Metrics>) -> ClusterState {
+        let mut required = vec![Cache::Nodes, Cache::Policy];
+        required.extend(kinds.iter().map(|&kind| Cache::Workloads(kind)));
         ClusterState {
+            required,
             inner: Mutex::new(Inner {
                 policy: Arc::new(policy),
                 nodes: BTreeMap::new(),
@@ -137,7 +139,10 @@ impl ClusterState {
     }
 
     pub fn is_synced(&self) -> bool {
-        self.lock().synced.len() == 3
+        let inner = self.lock();
+        self.required
+            .iter()
+            .all(|cache| inner.synced.contains(cache))
     }
 
     /// Replaces every node (after a full list).
@@ -168,12 +173,23 @@ impl ClusterState {
         self.publish_usage();
     }
 
-    /// Replaces every cached allocation (after a full list).
-    pub fn replace_modules(&self, modules: HashMap<ModuleKey, Module>) {
+    /// Replaces every cached claim of one kind (after a full list of that kind).
+    pub fn replace_claims(&self, kind: Kind, claims: Vec<Claim>) {
         {
             let mut inner = self.lock();
-            let keys: Vec<ModuleKey> = inner.cached.keys().chain(modules.keys()).cloned().collect();
-            inner.cached = modules;
+            let mut keys: Vec<WorkloadKey> = inner
+                .cached
+                .keys()
+                .filter(|key| key.kind == kind)
+                .cloned()
+                .collect();
+            for key in &keys {
+                inner.cached.remove(key);
+            }
+            for claim in claims {
+                keys.push(claim.key.clone());
+                inner.cached.insert(claim.key.clone(), claim);
+            }
             for key in keys {
                 Self::settle(&mut inner, &key);
             }
@@ -181,12 +197,12 @@ impl ClusterState {
         self.publish_usage();
     }
 
-    /// Records what the cache now shows for one Deployment (`None`: deleted or not managed).
-    pub fn apply_module(&self, key: ModuleKey, module: Option<Module>) {
+    /// Records what the cache now shows for one workload (`None`: deleted, or holding nothing).
+    pub fn apply_claim(&self, key: WorkloadKey, claim: Option<Claim>) {
         {
             let mut inner = self.lock();
-            match module {
-                Some(module) => inner.cached.insert(key.clone(), module),
+            match claim {
+                Some(claim) => inner.cached.insert(key.clone(), claim),
                 None => inner.cached.remove(&key),
             };
             Self::settle(&mut inner, &key);
@@ -195,22 +211,15 @@ impl ClusterState {
     }
 
     /// Drops a reservation once the cache shows what it reserved.
-    fn settle(inner: &mut Inner, key: &ModuleKey) {
-        let shown = match (inner.reservations.get(key), inner.cached.get(key)) {
-            (
-                Some(Reservation {
-                    module: Some(reserved),
-                    ..
-                }),
-                Some(cached),
-            ) => same_allocation(reserved, cached),
-            (Some(Reservation { module: None, .. }), None) => true,
-            _ => false,
+    fn settle(inner: &mut Inner, key: &WorkloadKey) {
+        let shown = match inner.reservations.get(key) {
+            Some(reservation) => reservation.claim.as_ref() == inner.cached.get(key),
+            None => false,
         };
         if shown {
             inner.reservations.remove(key);
         }
-        inner.refresh_module(key);
+        inner.refresh_claim(key);
     }
 
     /// A snapshot of the policy and the view, for `status` and tests.
@@ -250,32 +259,26 @@ impl Backend for ClusterState {
         if dry_run {
             return verdict;
         }
-        let reserved = match &verdict {
-            Verdict::Allowed(m) => match &m.outcome {
-                Outcome::Assigned(assignment) => Some(Some(Module {
-                    placement: Placement {
-                        node_selector: request.object.spec.template.spec.node_selector.clone(),
-                        node_name: request.object.spec.template.spec.node_name.clone(),
-                    },
-                    assignment: assignment.clone(),
-                })),
-                Outcome::Released => Some(None),
-                Outcome::Excluded | Outcome::Unmanaged => None,
-            },
+        let change = match &verdict {
+            Verdict::Allowed(m) => m.outcome.claim_change(request.key()),
             Verdict::Denied(_) => None,
         };
-        if let Some(module) = reserved {
-            let key = request.key();
+        if let Some(change) = change {
+            let key = change.key().clone();
+            let claim = match change {
+                ClaimChange::Hold(claim) => Some(claim),
+                ClaimChange::Free(_) => None,
+            };
             inner.reservations.insert(
                 key.clone(),
                 Reservation {
-                    module,
+                    claim,
                     expires: Instant::now() + RESERVATION_TTL,
                 },
             );
             // The per-GPU gauges follow the cache, which shows the object a moment later: keeping
             // them off the admission path.
-            inner.refresh_module(&key);
+            inner.refresh_claim(&key);
         }
         verdict
     }
@@ -288,14 +291,17 @@ impl Backend for ClusterState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::claim::{Assigned, Share};
     use crate::core::decision::Operation;
-    use crate::core::domain::{GpuIndex, Mode, Percentage};
-    use crate::core::verdict::Assignment;
-    use crate::core::workload::Deployment;
+    use crate::core::domain::{GpuIndex, Percentage};
+    use crate::core::inventory::Placement;
+    use crate::core::verdict::Outcome;
+    use crate::core::workload::{RawObject, Workload};
 
     fn state(gpus: u32) -> ClusterState {
         let state = ClusterState::new(
             Policy::from_yaml("gpuModes: {0: mps, 1: mps}").unwrap(),
+            &[Kind::Deployment, Kind::Job],
             Arc::new(Metrics::new()),
         );
         state.replace_nodes(vec![Node {
@@ -306,20 +312,19 @@ mod tests {
         state
     }
 
-    fn deployment(name: &str, replicas: u32, percentage: u32) -> Deployment {
-        serde_json::from_value(serde_json::json!({
+    fn deployment(name: &str, replicas: u32, percentage: u32) -> Workload {
+        let raw: RawObject = serde_json::from_value(serde_json::json!({
             "metadata": {"name": name, "namespace": "ns",
                 "annotations": {"gpushare.io/gpu": "auto", "gpushare.io/mps-percentage": percentage.to_string()}},
             "spec": {"replicas": replicas, "template": {"spec": {"containers": [{"name": "c"}]}}}
         }))
-        .unwrap()
+        .unwrap();
+        Workload::from_raw(Kind::Deployment, raw)
     }
 
-    fn admit(state: &ClusterState, object: &Deployment, dry_run: bool) -> Verdict {
+    fn admit(state: &ClusterState, object: &Workload, dry_run: bool) -> Verdict {
         let request = Request {
             operation: Operation::Create,
-            namespace: "ns",
-            name: &object.metadata.name,
             object,
             old_object: None,
         };
@@ -329,24 +334,27 @@ mod tests {
     fn assigned(verdict: &Verdict) -> Option<GpuIndex> {
         match verdict {
             Verdict::Allowed(m) => match &m.outcome {
-                Outcome::Assigned(a) => Some(a.gpu),
+                Outcome::Assigned(claim) => Some(claim.gpu()),
                 _ => None,
             },
             Verdict::Denied(_) => None,
         }
     }
 
-    fn module(gpu: u32, replicas: u32, percentage: u64) -> Module {
-        Module {
+    fn key(kind: Kind, name: &str) -> WorkloadKey {
+        WorkloadKey::new(kind, "ns", name)
+    }
+
+    fn claim(key: WorkloadKey, gpu: u32, pods: u32, percentage: u64) -> Claim {
+        Claim {
+            key,
             placement: Placement::default(),
-            assignment: Assignment {
+            assigned: Assigned {
                 gpu: GpuIndex(gpu),
-                mode: Mode::Mps,
-                percentage: Percentage::new(percentage),
-                memory_limit: None,
-                replicas,
-                clients: replicas,
+                share: Share::Mps(Percentage::new(percentage).unwrap()),
             },
+            pods,
+            containers: 1,
         }
     }
 
@@ -382,41 +390,47 @@ mod tests {
             assigned(&admit(&state, &deployment("b", 1, 40), false)),
             Some(GpuIndex(1))
         );
-        let key = ModuleKey {
-            namespace: "ns".into(),
-            name: "a".into(),
-        };
-        state.apply_module(key.clone(), Some(module(0, 1, 40)));
+        let a = key(Kind::Deployment, "a");
+        state.apply_claim(a.clone(), Some(claim(a.clone(), 0, 1, 40)));
         assert!(
-            !state.lock().reservations.contains_key(&key),
+            !state.lock().reservations.contains_key(&a),
             "a shown by the cache: reservation dropped"
         );
-        state.apply_module(key, None);
+        state.apply_claim(a, None);
         let (_, view) = state.snapshot();
         assert_eq!(
-            view.modules.len(),
+            view.claims().count(),
             1,
             "deleting a frees its share; b is still reserved"
         );
     }
 
     #[test]
-    fn a_cached_module_counts_until_deleted() {
+    fn a_cached_claim_of_any_kind_counts_until_deleted() {
         let state = state(1);
-        let key = ModuleKey {
-            namespace: "ns".into(),
-            name: "old".into(),
-        };
-        state.apply_module(key.clone(), Some(module(0, 2, 50)));
+        let job = key(Kind::Job, "old");
+        state.apply_claim(job.clone(), Some(claim(job.clone(), 0, 2, 50)));
         assert!(matches!(
             admit(&state, &deployment("new", 1, 10), false),
             Verdict::Denied(_)
         ));
-        state.apply_module(key, None);
+        state.apply_claim(job, None);
         assert_eq!(
             assigned(&admit(&state, &deployment("new", 1, 10), false)),
             Some(GpuIndex(0))
         );
+    }
+
+    #[test]
+    fn a_relist_of_one_kind_keeps_the_claims_of_the_others() {
+        let state = state(2);
+        let (job, deployment) = (key(Kind::Job, "same"), key(Kind::Deployment, "same"));
+        state.replace_claims(Kind::Job, vec![claim(job.clone(), 0, 1, 10)]);
+        state.replace_claims(Kind::Deployment, vec![claim(deployment.clone(), 1, 1, 10)]);
+        state.replace_claims(Kind::Job, Vec::new());
+        let (_, view) = state.snapshot();
+        assert!(view.claim(&job).is_none());
+        assert!(view.claim(&deployment).is_some());
     }
 
     #[test]
@@ -425,8 +439,9 @@ mod tests {
         assert!(!state.ready());
         state.mark_synced(Cache::Nodes);
         state.mark_synced(Cache::Policy);
-        assert!(!state.ready());
-        state.mark_synced(Cache::Deployments);
+        state.mark_synced(Cache::Workloads(Kind::Deployment));
+        assert!(!state.ready(), "Jobs have not synced");
+        state.mark_synced(Cache::Workloads(Kind::Job));
         assert!(state.ready());
     }
 }

@@ -1,7 +1,5 @@
-//! Workload annotations (CONTRACT section 2): read from the Deployment and its pod template,
-//! checked for typos and conflicts, and parsed once into a typed `ModuleRequest`.
-
-use std::collections::BTreeMap;
+//! Workload annotations (CONTRACT section 2): read from the object's metadata and its pod
+//! template, checked for typos and conflicts, and parsed once into a typed `ModuleRequest`.
 
 use crate::core::domain::{GpuIndex, MemoryLimit, Mode, Percentage};
 use crate::core::policy::GpuChoice;
@@ -13,32 +11,43 @@ pub const MODE: &str = "gpushare.io/mode";
 pub const MPS_PERCENTAGE: &str = "gpushare.io/mps-percentage";
 pub const MPS_MEMORY_LIMIT: &str = "gpushare.io/mps-memory-limit";
 pub const CONTAINERS: &str = "gpushare.io/containers";
-/// The keys users set; any one of them makes a Deployment managed.
+/// The keys users set; any one of them makes a workload managed.
 pub const USER_KEYS: [&str; 5] = [GPU, MODE, MPS_PERCENTAGE, MPS_MEMORY_LIMIT, CONTAINERS];
 
 pub const ASSIGNED_GPU: &str = "gpushare.io/assigned-gpu";
 pub const ASSIGNED_MODE: &str = "gpushare.io/assigned-mode";
 pub const ASSIGNED_MPS_PERCENTAGE: &str = "gpushare.io/assigned-mps-percentage";
-/// The keys gpushare writes; they are not typos and do not make a Deployment managed.
+/// The keys gpushare writes; they are not typos and do not make a workload managed.
 pub const ASSIGNED_KEYS: [&str; 3] = [ASSIGNED_GPU, ASSIGNED_MODE, ASSIGNED_MPS_PERCENTAGE];
 
-type Annotations = BTreeMap<String, String>;
+use crate::core::workload::{Annotations, Workload};
 
-/// The user's gpushare keys, merged from the Deployment and its pod template.
+/// The user's gpushare keys, merged from the object's metadata and its pod template.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct UserAnnotations<'a> {
     values: [Option<&'a str>; 5],
 }
 
 impl<'a> UserAnnotations<'a> {
-    /// Merges both places; a key set to different values in each, or an unknown `gpushare.io/`
-    /// key anywhere, is denied.
-    pub fn collect(
-        metadata: Option<&'a Annotations>,
-        template: Option<&'a Annotations>,
+    /// Merges the object's metadata and its pod template's (a Pod has only the one); a key set
+    /// to different values in each, or an unknown `gpushare.io/` key anywhere, is denied.
+    pub fn collect(workload: &'a Workload) -> Result<UserAnnotations<'a>, Denial> {
+        UserAnnotations::merge([
+            ("metadata", workload.annotations()),
+            (
+                workload.layout().template_metadata_field,
+                workload.template_annotations(),
+            ),
+        ])
+    }
+
+    /// Merges annotation maps, each named by its place (`metadata`, `spec.template.metadata`).
+    pub fn merge(
+        places: [(&str, Option<&'a Annotations>); 2],
     ) -> Result<UserAnnotations<'a>, Denial> {
         let mut merged = UserAnnotations::default();
-        for (place, annotations) in [("metadata", metadata), ("spec.template.metadata", template)] {
+        let first = places[0].0;
+        for (place, annotations) in places {
             for (key, value) in annotations.into_iter().flatten() {
                 if !key.starts_with(PREFIX) || ASSIGNED_KEYS.contains(&key.as_str()) {
                     continue;
@@ -51,8 +60,8 @@ impl<'a> UserAnnotations<'a> {
                         return Err(Denial::new(
                             Rule::InvalidValue,
                             format!(
-                                "{key} is {earlier:?} in metadata.annotations but {value:?} in \
-                                 spec.template.metadata.annotations; set it in one place, or to the same value in both"
+                                "{key} is {earlier:?} in {first}.annotations but {value:?} in \
+                                 {place}.annotations; set it in one place, or to the same value in both"
                             ),
                         ))
                     }
@@ -70,7 +79,7 @@ impl<'a> UserAnnotations<'a> {
             .and_then(|slot| self.values[slot])
     }
 
-    /// A Deployment with at least one user key is managed.
+    /// A workload with at least one user key is managed.
     pub fn is_managed(&self) -> bool {
         self.values.iter().any(Option::is_some)
     }
@@ -177,7 +186,7 @@ fn parse_gpu(raw: &str) -> Result<GpuChoice, Denial> {
     let message = if several || range {
         format!(
             "{GPU} is {raw:?}: a module may use only one GPU; set one index such as \"0\" or \"auto\", \
-             and deploy a second Deployment for another GPU"
+             and deploy a second workload for another GPU"
         )
     } else if uuid {
         format!("{GPU} is {raw:?}: GPUs are named by index here; set one index such as \"0\" or \"auto\"")
@@ -228,13 +237,17 @@ fn parse_memory_limit(raw: &str) -> Result<MemoryLimit, Denial> {
     })
 }
 
-fn parse_containers(raw: &str) -> Result<Vec<String>, Denial> {
-    let names: Vec<String> = raw
-        .split(',')
+/// The names a `gpushare.io/containers` value lists.
+pub fn container_names(raw: &str) -> Vec<String> {
+    raw.split(',')
         .map(str::trim)
         .filter(|n| !n.is_empty())
         .map(str::to_string)
-        .collect();
+        .collect()
+}
+
+fn parse_containers(raw: &str) -> Result<Vec<String>, Denial> {
+    let names = container_names(raw);
     if names.is_empty() {
         return Err(Denial::new(
             Rule::InvalidValue,

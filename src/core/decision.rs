@@ -1,15 +1,18 @@
-//! The one decision: (workload, policy, inventory) -> allowed with a patch, or denied with a
-//! message. Pure: no I/O, no clock, no shared state. The webhook and `gpushare check` both call it.
+//! The one decision: (workload, policy, inventory) -> allowed with a patch and the claim the
+//! workload then holds, or denied with a message. Pure: no I/O, no clock, no shared state. The
+//! webhook and `gpushare check` both call it; recording the claim is the caller's next step.
 
-use crate::core::annotations::{self, UserAnnotations, ASSIGNED_GPU};
-use crate::core::domain::*;
-use crate::core::inventory::{Inventory, ModuleKey, Placement};
-use crate::core::mutation::{release, write_assignment};
+use crate::core::annotations::{self, ModuleRequest, UserAnnotations, USER_KEYS};
+use crate::core::claim::{Assigned, Claim, Share};
+use crate::core::containers::{self, check_single_gpu_env};
+use crate::core::domain::{GpuIndex, Mode};
+use crate::core::inventory::Inventory;
+use crate::core::mutation::{record_on_object, release, write_assignment};
 use crate::core::patch::PatchBuilder;
 use crate::core::placement::{Demand, Scope};
 use crate::core::policy::{GpuChoice, Policy};
-use crate::core::verdict::{Assignment, Denial, Mutation, Outcome, Rule, Verdict};
-use crate::core::workload::{Container, Deployment, Workload};
+use crate::core::verdict::{Denial, Mutation, Outcome, Rule, Verdict};
+use crate::core::workload::{Kind, Workload, WorkloadKey};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
@@ -17,29 +20,24 @@ pub enum Operation {
     Update,
 }
 
-/// One admission question about a Deployment.
+/// One admission question about a workload of any kind.
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
     pub operation: Operation,
-    pub namespace: &'a str,
-    pub name: &'a str,
-    pub object: &'a Deployment,
+    pub object: &'a Workload,
     /// The stored object, on UPDATE.
-    pub old_object: Option<&'a Deployment>,
+    pub old_object: Option<&'a Workload>,
 }
 
 impl Request<'_> {
-    pub fn key(&self) -> ModuleKey {
-        ModuleKey {
-            namespace: self.namespace.to_string(),
-            name: self.name.to_string(),
-        }
+    pub fn key(&self) -> &WorkloadKey {
+        &self.object.key
     }
 }
 
 /// Decides one request.
 pub fn decide(request: &Request<'_>, policy: &Policy, inventory: &Inventory) -> Verdict {
-    match decide_managed(request, policy, inventory) {
+    match decide_inner(request, policy, inventory) {
         Ok(mutation) => Verdict::Allowed(mutation),
         Err(denial) => Verdict::Denied(denial),
     }
@@ -53,58 +51,82 @@ fn unchanged(outcome: Outcome) -> Mutation {
     }
 }
 
-fn decide_managed(
+fn decide_inner(
     request: &Request<'_>,
     policy: &Policy,
     inventory: &Inventory,
 ) -> Result<Mutation, Denial> {
-    if policy.is_excluded(request.namespace) {
+    let workload = request.object;
+    if policy.is_excluded(&workload.key.namespace) {
         return Ok(unchanged(Outcome::Excluded));
     }
-    let workload = request.object.workload();
-    let user = UserAnnotations::collect(
-        workload.metadata.annotations.as_ref(),
-        workload.template.annotations(),
-    )?;
+    // The controller's own template was examined and counts; its objects do not, twice.
+    if let Some(controller) = &workload.controller {
+        return Ok(unchanged(Outcome::Controlled(controller.clone())));
+    }
+    if workload.finished {
+        return Ok(unchanged(Outcome::Finished));
+    }
+    let user = UserAnnotations::collect(workload)?;
+    let update = request.operation == Operation::Update;
+    let fixed_template = update && !workload.kind().template_mutable();
     if !user.is_managed() {
-        if request.operation == Operation::Update && was_assigned(request) {
+        if update && was_assigned(request) {
+            if fixed_template {
+                return Err(annotations_removed(request));
+            }
             // Release removes gpushare's variables from the containers; init containers keep theirs.
-            for container in &workload.template.spec.init_containers {
+            for container in &workload.pod.init_containers {
                 check_single_gpu_env(container)?;
             }
-            return Ok(release(&workload));
+            return Ok(release(workload));
         }
-        for container in all_containers(&workload) {
+        for container in containers::all(workload) {
             check_single_gpu_env(container)?;
         }
         return Ok(unchanged(Outcome::Unmanaged));
     }
     let module = user.parse(policy.default_gpu)?;
-    let containers = &workload.template.spec.containers;
-    if containers.is_empty() {
+    if fixed_template {
+        keep(request, &user, &module, policy, inventory)
+    } else {
+        assign(request, &user, &module, policy, inventory)
+    }
+}
+
+/// CREATE of any kind, or UPDATE of a kind whose pod template may change: choose a GPU and write it.
+fn assign(
+    request: &Request<'_>,
+    user: &UserAnnotations<'_>,
+    module: &ModuleRequest,
+    policy: &Policy,
+    inventory: &Inventory,
+) -> Result<Mutation, Denial> {
+    let workload = request.object;
+    if workload.pod.containers.is_empty() {
         return Err(Denial::new(
             Rule::InvalidValue,
-            "spec.template.spec.containers is empty: a managed Deployment needs a pod template with at least one container",
+            format!(
+                "{}.containers is empty: a managed {} needs a pod template with at least one container",
+                workload.layout().pod_spec_field,
+                workload.kind()
+            ),
         ));
     }
-    let selected = select_containers(containers, module.containers.as_deref())?;
+    let selected = containers::select(workload, module.containers.as_deref())?;
     let mut builder = PatchBuilder::default();
-    check_containers(&workload, &selected, policy, &mut builder.warnings)?;
-
+    containers::check(workload, &selected, policy, &mut builder.warnings)?;
+    let per_pod = selected.iter().filter(|s| **s).count() as u32;
     let demand = Demand {
-        replicas: workload.replicas,
-        clients: workload
-            .replicas
-            .saturating_mul(selected.iter().filter(|s| **s).count() as u32),
+        pods: workload.pods,
+        clients: workload.pods.saturating_mul(per_pod),
+        pods_field: workload.kind().pods_field(),
         mode: module.mode,
         percentage: module.percentage.unwrap_or(policy.default_mps_percentage),
     };
-    let placement = Placement {
-        node_selector: workload.template.spec.node_selector.clone(),
-        node_name: workload.template.spec.node_name.clone(),
-    };
-    let scope = Scope::new(request.key(), &placement, policy, inventory)?;
-    let kept = kept_gpu(request, &user);
+    let placement = workload.placement();
+    let scope = Scope::new(workload.key.clone(), &placement, policy, inventory)?;
+    let kept = kept_gpu(request, user);
     // A kept GPU wins even over a policy defaultGpu changed since: modules move only when their user asks.
     let gpu = match (kept, module.gpu) {
         (Some(gpu), _) if scope.usable(gpu, demand.mode).is_ok() => {
@@ -113,175 +135,136 @@ fn decide_managed(
         (_, GpuChoice::Index(gpu)) => scope.explicit(gpu, &demand, &mut builder.warnings)?,
         (_, GpuChoice::Auto) => scope.auto(&demand, &mut builder.warnings)?,
     };
-    let mode = scope.mode_of(gpu);
-    let assignment = Assignment {
-        gpu,
-        mode,
-        percentage: (mode == Mode::Mps).then_some(demand.percentage),
-        memory_limit: module.memory_limit,
-        replicas: demand.replicas,
-        clients: demand.clients,
+    let share = match scope.mode_of(gpu) {
+        Mode::Mps => Share::Mps(demand.percentage),
+        Mode::TimeSlicing => Share::TimeSlicing,
     };
-    write_assignment(&mut builder, &workload, &selected, &assignment, policy);
+    let assigned = Assigned { gpu, share };
+    write_assignment(
+        &mut builder,
+        workload,
+        &selected,
+        &assigned,
+        module.memory_limit.as_ref(),
+        policy,
+    );
+    builder.warnings.extend(kind_warnings(workload));
     Ok(Mutation {
         patch: builder.ops,
         warnings: builder.warnings,
-        outcome: Outcome::Assigned(assignment),
+        outcome: Outcome::Assigned(Claim {
+            key: workload.key.clone(),
+            placement,
+            assigned,
+            pods: workload.pods,
+            containers: per_pod,
+        }),
     })
 }
 
-fn all_containers<'a>(workload: &Workload<'a>) -> impl Iterator<Item = &'a Container> {
-    let spec = &workload.template.spec;
-    spec.containers.iter().chain(spec.init_containers.iter())
-}
-
-// ---- containers -------------------------------------------------------------------------------
-
-/// Which containers get the GPU, by position in `spec.containers`.
-fn select_containers(
-    containers: &[Container],
-    listed: Option<&[String]>,
-) -> Result<Vec<bool>, Denial> {
-    let Some(listed) = listed else {
-        return Ok(vec![true; containers.len()]);
-    };
-    if let Some(missing) = listed
-        .iter()
-        .find(|name| !containers.iter().any(|c| &c.name == *name))
-    {
-        let existing: Vec<&str> = containers.iter().map(|c| c.name.as_str()).collect();
-        return Err(Denial::new(
-            Rule::InvalidValue,
-            format!(
-                "{} lists container {missing:?}, which this Deployment does not have; its containers are {}",
-                annotations::CONTAINERS,
-                existing.join(", ")
-            ),
-        ));
-    }
-    Ok(containers
-        .iter()
-        .map(|c| listed.contains(&c.name))
-        .collect())
-}
-
-/// Rule 1 on containers, and the variables gpushare cannot own when they come from `valueFrom`.
-fn check_containers(
-    workload: &Workload<'_>,
-    selected: &[bool],
+/// UPDATE of a Job or a Pod: Kubernetes does not let the pod template change, so the assignment
+/// made at CREATE stays and the user's keys may not change; only the object's own metadata is
+/// written, and a new pods count (a Job's parallelism) is checked against capacity.
+fn keep(
+    request: &Request<'_>,
+    user: &UserAnnotations<'_>,
+    module: &ModuleRequest,
     policy: &Policy,
-    warnings: &mut Vec<String>,
-) -> Result<(), Denial> {
-    let owned = owned_variables(policy);
-    for (container, &is_selected) in workload.template.spec.containers.iter().zip(selected) {
-        if is_selected {
-            if let Some(quantity) = container.gpu_request() {
-                match quantity.whole() {
-                    Some(0) => {}
-                    Some(1) => warnings.push(format!(
-                        "container {:?} sets nvidia.com/gpu: 1; the NVIDIA device plugin overrides {VISIBLE_DEVICES} \
-                         for such containers, so the GPU gpushare assigns may not apply; remove the nvidia.com/gpu \
-                         resource to share the GPU",
-                        container.name
-                    )),
-                    _ => {
-                        return Err(Denial::new(
-                            Rule::MultipleGpus,
-                            format!(
-                                "container {:?} asks for nvidia.com/gpu: {}; a module may use only one GPU: remove \
-                                 the nvidia.com/gpu resource (gpushare.io/gpu chooses the GPU) or ask for at most 1",
-                                container.name, quantity.0
-                            ),
-                        ))
-                    }
-                }
-            }
-            deny_value_from(container, &owned)?;
-        } else if policy.hide_gpu_from_other_containers {
-            deny_value_from(container, &[VISIBLE_DEVICES])?;
-        } else {
-            check_single_gpu_env(container)?;
+    inventory: &Inventory,
+) -> Result<Mutation, Denial> {
+    let workload = request.object;
+    let kind = workload.kind();
+    if let Some(Ok(old_user)) = request.old_object.map(UserAnnotations::collect) {
+        if !old_user.is_managed() {
+            return Err(annotations_added(workload));
+        }
+        if let Some(key) = USER_KEYS.iter().find(|k| old_user.get(k) != user.get(k)) {
+            return Err(annotation_changed(
+                workload,
+                key,
+                old_user.get(key),
+                user.get(key),
+            ));
         }
     }
-    for container in &workload.template.spec.init_containers {
-        check_single_gpu_env(container)?;
-    }
-    Ok(())
-}
-
-fn owned_variables(policy: &Policy) -> Vec<&'static str> {
-    let mut owned = vec![VISIBLE_DEVICES, MPS_THREAD_PERCENTAGE, MPS_MEMORY_LIMIT];
-    if policy.mps_pipe_directory.is_some() {
-        owned.push(MPS_PIPE_DIRECTORY);
-    }
-    owned
-}
-
-fn deny_value_from(container: &Container, owned: &[&str]) -> Result<(), Denial> {
-    match container.env_entries().iter().find(|e| e.value_from.is_some() && owned.contains(&e.name.as_str())) {
-        Some(entry) => Err(Denial::new(
-            Rule::Unverifiable,
-            format!(
-                "container {:?} sets {} with valueFrom, which gpushare cannot check; remove that env entry \
-                 (gpushare sets {} itself)",
-                container.name, entry.name, entry.name
-            ),
-        )),
-        None => Ok(()),
-    }
-}
-
-/// A container gpushare does not write to may name at most one GPU itself.
-fn check_single_gpu_env(container: &Container) -> Result<(), Denial> {
-    let Some(entry) = container.env_var(VISIBLE_DEVICES) else {
-        return Ok(());
+    let Some(assigned) = recorded(workload).or_else(|| request.old_object.and_then(recorded))
+    else {
+        // Created while gpushare was not running or not registered for this kind.
+        return Ok(Mutation {
+            patch: Vec::new(),
+            warnings: vec![format!(
+                "this {kind} was created without a GPU assignment from gpushare (gpushare was not running, or \
+                 not registered for {}), so its pods get no GPU from gpushare and are not counted; delete the \
+                 {kind} and create it again to get one",
+                kind.plural()
+            )],
+            outcome: Outcome::Unmanaged,
+        });
     };
-    if entry.value_from.is_some() || names_at_most_one_gpu(entry.literal()) {
-        return Ok(());
+    let selected = containers::select(workload, module.containers.as_deref())?;
+    let claim = Claim {
+        key: workload.key.clone(),
+        placement: workload.placement(),
+        assigned,
+        pods: workload.pods,
+        containers: selected.iter().filter(|s| **s).count() as u32,
+    };
+    let mut builder = PatchBuilder::default();
+    // Only the pods count can change here; anything else fit when the workload was created.
+    if request.old_object.map(|old| old.pods) != Some(workload.pods) {
+        let demand = Demand {
+            pods: claim.pods,
+            clients: claim.clients(),
+            pods_field: kind.pods_field(),
+            mode: Some(assigned.share.mode()),
+            percentage: assigned
+                .share
+                .percentage()
+                .unwrap_or(policy.default_mps_percentage),
+        };
+        let scope = Scope::new(workload.key.clone(), &claim.placement, policy, inventory)?;
+        scope.explicit(assigned.gpu, &demand, &mut builder.warnings)?;
     }
-    Err(Denial::new(
-        Rule::MultipleGpus,
-        format!(
-            "container {:?} sets {VISIBLE_DEVICES}={:?}: a module may use only one GPU; set a single index such \
-             as \"0\", or let gpushare choose with the annotation gpushare.io/gpu: auto",
-            container.name,
-            entry.literal()
-        ),
-    ))
+    record_on_object(&mut builder, workload, &assigned);
+    builder.warnings.extend(kind_warnings(workload));
+    Ok(Mutation {
+        patch: builder.ops,
+        warnings: builder.warnings,
+        outcome: Outcome::Assigned(claim),
+    })
 }
 
-fn names_at_most_one_gpu(value: &str) -> bool {
-    let v = value.trim();
-    let lower = v.to_ascii_lowercase();
-    v.is_empty()
-        || lower == "none"
-        || lower == "void"
-        || v.bytes().all(|b| b.is_ascii_digit())
-        || ((lower.starts_with("gpu-") || lower.starts_with("mig-")) && !v.contains(','))
+/// Warnings that depend on the kind or on what else the pod template asks for.
+fn kind_warnings(workload: &Workload) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if workload.overlapping_runs {
+        warnings.push(
+            "concurrencyPolicy is Allow (the default): runs of this CronJob may overlap, and overlapping runs \
+             are not counted against the GPU's capacity (one run is); set concurrencyPolicy: Forbid or Replace \
+             so that one run at a time uses the GPU"
+                .to_string(),
+        );
+    }
+    if workload.pod.resource_claims > 0 {
+        warnings.push(format!(
+            "{} has resourceClaims (Dynamic Resource Allocation): for a claim that asks for a GPU, the claim's \
+             driver, not gpushare, chooses the device; use one or the other for a GPU",
+            workload.layout().pod_spec_field
+        ));
+    }
+    warnings
 }
 
 // ---- UPDATE: keeping an assignment ------------------------------------------------
 
-fn assigned_gpu_of(object: &Deployment) -> Option<GpuIndex> {
-    let annotation = |a: Option<&std::collections::BTreeMap<String, String>>| {
-        a.and_then(|a| a.get(ASSIGNED_GPU))
-            .and_then(|v| v.trim().parse().ok())
-            .map(GpuIndex)
-    };
-    annotation(object.metadata.annotations.as_ref())
-        .or_else(|| annotation(object.spec.template.annotations()))
+/// The assignment a workload's pods carry: the pod template's annotations, else the object's.
+fn recorded(workload: &Workload) -> Option<Assigned> {
+    Assigned::read(workload.pod_annotations()).or_else(|| Assigned::read(workload.annotations()))
 }
 
 fn was_assigned(request: &Request<'_>) -> bool {
-    let has = |d: &Deployment| {
-        d.metadata
-            .annotations
-            .as_ref()
-            .is_some_and(|a| a.contains_key(ASSIGNED_GPU))
-            || d.spec
-                .template
-                .annotations()
-                .is_some_and(|a| a.contains_key(ASSIGNED_GPU))
+    let has = |w: &Workload| {
+        Assigned::is_recorded(w.annotations()) || Assigned::is_recorded(w.template_annotations())
     };
     has(request.object) || request.old_object.is_some_and(has)
 }
@@ -292,13 +275,67 @@ fn kept_gpu(request: &Request<'_>, user: &UserAnnotations<'_>) -> Option<GpuInde
         return None;
     }
     let old = request.old_object?;
-    let old_user = UserAnnotations::collect(
-        old.metadata.annotations.as_ref(),
-        old.spec.template.annotations(),
-    )
-    .ok()?;
+    let old_user = UserAnnotations::collect(old).ok()?;
     if old_user.get(annotations::GPU) != user.get(annotations::GPU) {
         return None;
     }
-    assigned_gpu_of(old)
+    recorded(old).map(|a| a.gpu)
+}
+
+// ---- UPDATE of a Job or a Pod: what Kubernetes cannot apply -----------------------
+
+fn fixed(kind: Kind) -> String {
+    format!("Kubernetes does not let a {kind}'s pod template change after creation")
+}
+
+fn annotations_added(workload: &Workload) -> Denial {
+    let kind = workload.kind();
+    Denial::new(
+        Rule::FixedTemplate,
+        format!(
+            "gpushare.io/ annotations were added to {kind} {} after it was created: {}, so gpushare cannot \
+             give its pods a GPU; delete the {kind} and create it with the annotations",
+            workload.key.name,
+            fixed(kind)
+        ),
+    )
+}
+
+fn annotation_changed(
+    workload: &Workload,
+    key: &str,
+    old: Option<&str>,
+    new: Option<&str>,
+) -> Denial {
+    let kind = workload.kind();
+    let shown = |v: Option<&str>| v.map_or("unset".to_string(), |v| format!("{v:?}"));
+    Denial::new(
+        Rule::FixedTemplate,
+        format!(
+            "{key} changed from {} to {} on {kind} {}: {}, so its pods keep the GPU assigned when it was \
+             created; set {key} back to {}, or delete the {kind} and create it again",
+            shown(old),
+            shown(new),
+            workload.key.name,
+            fixed(kind),
+            shown(old)
+        ),
+    )
+}
+
+fn annotations_removed(request: &Request<'_>) -> Denial {
+    let workload = request.object;
+    let kind = workload.kind();
+    let gpu = recorded(workload)
+        .or_else(|| request.old_object.and_then(recorded))
+        .map_or("its GPU".to_string(), |a| format!("GPU {}", a.gpu));
+    Denial::new(
+        Rule::FixedTemplate,
+        format!(
+            "the gpushare.io/ annotations were removed from {kind} {}: {}, so its pods keep {gpu} and gpushare \
+             keeps counting it; put the annotations back, or delete the {kind} to free the GPU",
+            workload.key.name,
+            fixed(kind)
+        ),
+    )
 }

@@ -1,12 +1,13 @@
 //! What the cluster offers and what is already committed: nodes with their GPU counts, and the
-//! modules already assigned. The decision core reads it; the shells (standalone, `check`, the
-//! cluster watchers) build it.
+//! claims of the modules already assigned. The decision core reads it; the shells (standalone,
+//! `check`, the cluster watchers) build it.
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::core::claim::Claim;
 use crate::core::domain::{GpuIndex, Mode};
 use crate::core::policy::Policy;
-use crate::core::verdict::Assignment;
+use crate::core::workload::WorkloadKey;
 
 /// A node as gpushare sees it.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -64,31 +65,12 @@ impl Placement {
     }
 }
 
-/// Identifies a module: a Deployment's namespace and name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ModuleKey {
-    pub namespace: String,
-    pub name: String,
-}
-
-impl std::fmt::Display for ModuleKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
-
-/// A module already admitted, counted against its GPU index on every candidate node.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Module {
-    pub placement: Placement,
-    pub assignment: Assignment,
-}
-
-/// Nodes and committed modules.
+/// Nodes, and the claims of the modules already admitted. A claim counts against its GPU index
+/// on every node its pods may land on.
 #[derive(Debug, Clone, Default)]
 pub struct Inventory {
-    pub nodes: Vec<Node>,
-    pub modules: HashMap<ModuleKey, Module>,
+    nodes: Vec<Node>,
+    claims: HashMap<WorkloadKey, Claim>,
 }
 
 /// What is committed on one GPU of one node.
@@ -96,16 +78,14 @@ pub struct Inventory {
 pub struct GpuUsage {
     pub percentage: u32,
     pub clients: u32,
-    pub modules: Vec<ModuleKey>,
+    pub modules: Vec<WorkloadKey>,
 }
 
 impl GpuUsage {
-    fn add(&mut self, module: &Module) {
-        // Saturating: replicas may be as large as int32 allows, and any saturated sum is over every cap.
-        self.percentage = self
-            .percentage
-            .saturating_add(module.assignment.committed_percentage());
-        self.clients = self.clients.saturating_add(module.assignment.clients);
+    fn add(&mut self, claim: &Claim) {
+        // Saturating: pods may be as large as int32 allows, and any saturated sum is over every cap.
+        self.percentage = self.percentage.saturating_add(claim.committed_percentage());
+        self.clients = self.clients.saturating_add(claim.clients());
     }
 }
 
@@ -120,10 +100,41 @@ impl Inventory {
             matches_any_placement: true,
             ..Node::default()
         };
+        Inventory::new(vec![node])
+    }
+
+    pub fn new(nodes: Vec<Node>) -> Inventory {
         Inventory {
-            nodes: vec![node],
-            modules: HashMap::new(),
+            nodes,
+            claims: HashMap::new(),
         }
+    }
+
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    pub fn set_nodes(&mut self, nodes: Vec<Node>) {
+        self.nodes = nodes;
+    }
+
+    /// The claim a workload holds, if any.
+    pub fn claim(&self, key: &WorkloadKey) -> Option<&Claim> {
+        self.claims.get(key)
+    }
+
+    pub fn claims(&self) -> impl Iterator<Item = &Claim> {
+        self.claims.values()
+    }
+
+    /// Records a claim, replacing the workload's previous one.
+    pub fn hold(&mut self, claim: Claim) {
+        self.claims.insert(claim.key.clone(), claim);
+    }
+
+    /// Forgets a workload's claim.
+    pub fn free(&mut self, key: &WorkloadKey) -> Option<Claim> {
+        self.claims.remove(key)
     }
 
     /// The nodes a pod template may land on: those matching its nodeSelector and nodeName, or,
@@ -138,19 +149,19 @@ impl Inventory {
             .filter(move |node| placement.lands_on(node, policy))
     }
 
-    /// The modules committed to GPU `gpu` that may land on `node`, leaving out `except` (an UPDATE
-    /// replaces its own previous allocation instead of counting it twice).
-    fn modules_on<'a>(
+    /// The claims on GPU `gpu` that may land on `node`, leaving out `except` (an UPDATE replaces
+    /// its own previous claim instead of counting it twice).
+    fn claims_on<'a>(
         &'a self,
         node: &'a Node,
         gpu: GpuIndex,
-        except: Option<&'a ModuleKey>,
+        except: Option<&'a WorkloadKey>,
         policy: &'a Policy,
-    ) -> impl Iterator<Item = (&'a ModuleKey, &'a Module)> {
-        self.modules.iter().filter(move |(key, module)| {
-            Some(*key) != except
-                && module.assignment.gpu == gpu
-                && module.placement.lands_on(node, policy)
+    ) -> impl Iterator<Item = &'a Claim> {
+        self.claims.values().filter(move |claim| {
+            Some(&claim.key) != except
+                && claim.gpu() == gpu
+                && claim.placement.lands_on(node, policy)
         })
     }
 
@@ -160,12 +171,12 @@ impl Inventory {
         &self,
         node: &Node,
         gpu: GpuIndex,
-        except: &ModuleKey,
+        except: &WorkloadKey,
         policy: &Policy,
     ) -> GpuUsage {
         let mut usage = GpuUsage::default();
-        for (_, module) in self.modules_on(node, gpu, Some(except), policy) {
-            usage.add(module);
+        for claim in self.claims_on(node, gpu, Some(except), policy) {
+            usage.add(claim);
         }
         usage
     }
@@ -183,9 +194,9 @@ impl Inventory {
                     reserved: policy.is_reserved(&node.name, gpu),
                     usage: {
                         let mut usage = GpuUsage::default();
-                        for (key, module) in self.modules_on(node, gpu, None, policy) {
-                            usage.add(module);
-                            usage.modules.push(key.clone());
+                        for claim in self.claims_on(node, gpu, None, policy) {
+                            usage.add(claim);
+                            usage.modules.push(claim.key.clone());
                         }
                         usage.modules.sort();
                         usage

@@ -3,6 +3,8 @@
 //! call it, so they can never disagree.
 
 pub mod annotations;
+pub mod claim;
+mod containers;
 pub mod decision;
 pub mod domain;
 pub mod inventory;

@@ -1,43 +1,59 @@
 //! The mutation (CONTRACT section 3): the JSON Patch that writes an assignment into a workload,
 //! or takes gpushare's writes back when a workload stops being managed.
 
-use crate::core::annotations::{
-    ASSIGNED_GPU, ASSIGNED_KEYS, ASSIGNED_MODE, ASSIGNED_MPS_PERCENTAGE,
-};
+use crate::core::annotations::ASSIGNED_KEYS;
+use crate::core::claim::Assigned;
 use crate::core::domain::*;
 use crate::core::patch::{EnvChange, PatchBuilder};
 use crate::core::policy::Policy;
-use crate::core::verdict::{Assignment, Mutation, Outcome};
+use crate::core::verdict::{Mutation, Outcome};
 use crate::core::workload::Workload;
 
-/// Sets and removes the assigned annotations on the workload and on its pod template.
-fn annotate(
+/// Sets and removes assigned annotations on the object's own metadata.
+fn annotate_object(
     b: &mut PatchBuilder,
-    workload: &Workload<'_>,
+    workload: &Workload,
     set: &[(&str, String)],
     remove: &[&str],
 ) {
-    let template_meta = format!("{}/metadata", workload.template_path);
     b.annotations(
         "/metadata",
         workload.metadata.present,
-        workload.metadata.annotations.as_ref(),
-        set,
-        remove,
-    );
-    b.annotations(
-        &template_meta,
-        workload.template.metadata.present,
-        workload.template.annotations(),
+        workload.annotations(),
         set,
         remove,
     );
 }
 
+/// Sets and removes assigned annotations on the object and on its pod template (a Pod has one
+/// metadata for both).
+fn annotate(b: &mut PatchBuilder, workload: &Workload, set: &[(&str, String)], remove: &[&str]) {
+    annotate_object(b, workload, set, remove);
+    if let (Some(path), Some(template)) = (
+        workload.layout().template_metadata,
+        &workload.template_metadata,
+    ) {
+        b.annotations(
+            path,
+            template.present,
+            template.annotations.as_ref(),
+            set,
+            remove,
+        );
+    }
+}
+
+/// Records a kept assignment on the object's own metadata only: what an UPDATE of a Job or a Pod
+/// may still change.
+pub fn record_on_object(b: &mut PatchBuilder, workload: &Workload, assigned: &Assigned) {
+    let (set, remove) = assigned.encode();
+    annotate_object(b, workload, &set, &remove);
+}
+
 /// Takes back everything gpushare wrote, so the workload returns to unmanaged.
-pub fn release(workload: &Workload<'_>) -> Mutation {
+pub fn release(workload: &Workload) -> Mutation {
     let mut b = PatchBuilder::default();
-    let spec_path = format!("{}/spec", workload.template_path);
+    let spec_path = workload.layout().pod_spec;
     annotate(&mut b, workload, &[], &ASSIGNED_KEYS);
     let removals: [EnvChange<'_>; 4] = [
         (VISIBLE_DEVICES, None),
@@ -45,22 +61,18 @@ pub fn release(workload: &Workload<'_>) -> Mutation {
         (MPS_MEMORY_LIMIT, None),
         (MPS_PIPE_DIRECTORY, None),
     ];
-    for (i, container) in workload.template.spec.containers.iter().enumerate() {
+    for (i, container) in workload.pod.containers.iter().enumerate() {
         let path = format!("{spec_path}/containers/{i}");
         b.env(&path, container, &removals);
         b.remove_mounts(&path, container.volume_mounts.as_ref(), PIPE_VOLUME);
     }
-    b.remove_volume(
-        &spec_path,
-        workload.template.spec.volumes.as_ref(),
-        PIPE_VOLUME,
-    );
-    if workload.template.spec.host_ipc == Some(true) {
-        b.warnings.push(
-            "gpushare no longer manages this Deployment; hostIPC: true was left as it is: remove it if the \
-             workload does not need it"
-                .into(),
-        );
+    b.remove_volume(spec_path, workload.pod.volumes.as_ref(), PIPE_VOLUME);
+    if workload.pod.host_ipc == Some(true) {
+        b.warnings.push(format!(
+            "gpushare no longer manages this {}; hostIPC: true was left as it is: remove it if the \
+             workload does not need it",
+            workload.kind()
+        ));
     }
     Mutation {
         patch: b.ops,
@@ -69,30 +81,25 @@ pub fn release(workload: &Workload<'_>) -> Mutation {
     }
 }
 
+/// Writes an assignment: the annotations on the object and its template, and the variables,
+/// volume and hostIPC on the pod template.
 pub fn write_assignment(
     b: &mut PatchBuilder,
-    workload: &Workload<'_>,
+    workload: &Workload,
     selected: &[bool],
-    a: &Assignment,
+    a: &Assigned,
+    memory_limit: Option<&MemoryLimit>,
     policy: &Policy,
 ) {
     let gpu = a.gpu.to_string();
-    let percentage = a.percentage.map(|p| p.to_string());
-    let mut set = vec![
-        (ASSIGNED_GPU, gpu.clone()),
-        (ASSIGNED_MODE, a.mode.as_str().to_string()),
-    ];
-    let mut remove = Vec::new();
-    match &percentage {
-        Some(p) => set.push((ASSIGNED_MPS_PERCENTAGE, p.clone())),
-        None => remove.push(ASSIGNED_MPS_PERCENTAGE),
-    }
-    let spec_path = format!("{}/spec", workload.template_path);
+    let percentage = a.share.percentage().map(|p| p.to_string());
+    let (set, remove) = a.encode();
+    let spec_path = workload.layout().pod_spec;
     annotate(b, workload, &set, &remove);
 
-    let mps = a.mode == Mode::Mps;
+    let mps = a.share.mode() == Mode::Mps;
     let pipe = policy.mps_pipe_directory.as_deref().filter(|_| mps);
-    let memory_limit = a.memory_limit.as_ref().map(|m| format!("0={}", m.as_str()));
+    let memory_limit = memory_limit.map(|m| format!("0={}", m.as_str()));
     let mut changes: Vec<EnvChange<'_>> = vec![(VISIBLE_DEVICES, Some(&gpu))];
     changes.push((MPS_THREAD_PERCENTAGE, percentage.as_deref()));
     changes.push((MPS_MEMORY_LIMIT, memory_limit.as_deref()));
@@ -100,7 +107,7 @@ pub fn write_assignment(
         changes.push((MPS_PIPE_DIRECTORY, pipe));
     }
     let hidden: [EnvChange<'_>; 1] = [(VISIBLE_DEVICES, Some("void"))];
-    let spec = &workload.template.spec;
+    let spec = &workload.pod;
     for (i, (container, &is_selected)) in spec.containers.iter().zip(selected).enumerate() {
         let path = format!("{spec_path}/containers/{i}");
         if is_selected {
@@ -116,10 +123,10 @@ pub fn write_assignment(
         }
     }
     match pipe {
-        Some(dir) => b.ensure_host_path_volume(&spec_path, spec.volumes.as_ref(), PIPE_VOLUME, dir),
-        None => b.remove_volume(&spec_path, spec.volumes.as_ref(), PIPE_VOLUME),
+        Some(dir) => b.ensure_host_path_volume(spec_path, spec.volumes.as_ref(), PIPE_VOLUME, dir),
+        None => b.remove_volume(spec_path, spec.volumes.as_ref(), PIPE_VOLUME),
     }
     if mps && policy.mps_host_ipc {
-        b.ensure_true(&spec_path, "hostIPC", spec.host_ipc);
+        b.ensure_true(spec_path, "hostIPC", spec.host_ipc);
     }
 }

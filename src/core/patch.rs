@@ -7,7 +7,7 @@ use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, PatchOperation, RemoveOperation, ReplaceOperation};
 use serde_json::{json, Map, Value};
 
-use crate::core::workload::{Container, EnvVar, Volume, VolumeMount};
+use crate::core::workload::wire::{Container, EnvVar, Volume, VolumeMount};
 
 /// A desired environment variable: `Some(value)` to set, `None` to remove.
 pub type EnvChange<'a> = (&'static str, Option<&'a str>);

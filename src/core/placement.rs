@@ -6,25 +6,37 @@ use std::fmt::Write as _;
 
 use crate::core::annotations;
 use crate::core::domain::{GpuIndex, Mode, Percentage};
-use crate::core::inventory::{Inventory, ModuleKey, Node, Placement};
+use crate::core::inventory::{Inventory, Node, Placement};
 use crate::core::policy::{Enforcement, Policy, Strategy};
 use crate::core::verdict::{Denial, Rule};
+use crate::core::workload::WorkloadKey;
 
 /// What one module needs from a GPU.
 #[derive(Debug, Clone, Copy)]
 pub struct Demand {
-    pub replicas: u32,
+    /// Pods per candidate node.
+    pub pods: u32,
     pub clients: u32,
+    /// The field that sets `pods`, for messages (`replicas`, `parallelism`; `None`: always 1).
+    pub pods_field: Option<&'static str>,
     /// The requested mode; `None` takes the GPU's.
     pub mode: Option<Mode>,
-    /// Per replica, used only if the module lands on an mps GPU.
+    /// Per pod, used only if the module lands on an mps GPU.
     pub percentage: Percentage,
 }
 
 impl Demand {
+    /// `lower replicas or <then>`, or `lower <then>` for kinds that run one pod per node.
+    fn lower(&self, then: &str) -> String {
+        match self.pods_field {
+            Some(field) => format!("lower {field} or {then}"),
+            None => format!("lower {then}"),
+        }
+    }
+
     fn percentage_on(&self, mode: Mode) -> u32 {
         match mode {
-            Mode::Mps => self.replicas.saturating_mul(self.percentage.get()),
+            Mode::Mps => self.pods.saturating_mul(self.percentage.get()),
             Mode::TimeSlicing => 0,
         }
     }
@@ -32,7 +44,7 @@ impl Demand {
 
 /// The candidate nodes of one module, with everything needed to judge a GPU index on all of them.
 pub struct Scope<'a> {
-    key: ModuleKey,
+    key: WorkloadKey,
     nodes: Vec<&'a Node>,
     policy: &'a Policy,
     inventory: &'a Inventory,
@@ -44,7 +56,7 @@ fn vm_hint() -> &'static str {
 
 impl<'a> Scope<'a> {
     pub fn new(
-        key: ModuleKey,
+        key: WorkloadKey,
         placement: &'a Placement,
         policy: &'a Policy,
         inventory: &'a Inventory,
@@ -185,24 +197,29 @@ impl<'a> Scope<'a> {
                 if usage.percentage.saturating_add(wanted_percentage) > cap {
                     return Some(format!(
                         "GPU {gpu} on node {}: {}% MPS committed + {} x {}% = {}% exceeds maxMpsPercentagePerGpu {cap}% \
-                         (lower replicas or gpushare.io/mps-percentage)",
+                         ({})",
                         node.name,
                         usage.percentage,
-                        demand.replicas,
+                        demand.pods,
                         demand.percentage,
-                        usage.percentage.saturating_add(wanted_percentage)
+                        usage.percentage.saturating_add(wanted_percentage),
+                        demand.lower("gpushare.io/mps-percentage")
                     ));
                 }
             }
             if usage.clients.saturating_add(demand.clients) > max_clients {
                 return Some(format!(
                     "GPU {gpu} on node {}: {} client processes + {} = {} exceeds the limit of {max_clients}{} \
-                     (lower replicas, or list fewer containers in gpushare.io/containers)",
+                     ({})",
                     node.name,
                     usage.clients,
                     demand.clients,
                     usage.clients.saturating_add(demand.clients),
-                    if mode == Mode::Mps { " (maxClientsPerGpu, at most 48 with MPS)" } else { " (maxClientsPerGpu)" }
+                    if mode == Mode::Mps { " (maxClientsPerGpu, at most 48 with MPS)" } else { " (maxClientsPerGpu)" },
+                    match demand.pods_field {
+                        Some(field) => format!("lower {field}, or list fewer containers in gpushare.io/containers"),
+                        None => "list fewer containers in gpushare.io/containers".to_string(),
+                    }
                 ));
             }
         }

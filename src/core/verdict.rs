@@ -3,7 +3,8 @@
 
 use json_patch::PatchOperation;
 
-use crate::core::domain::{GpuIndex, MemoryLimit, Mode, Percentage};
+use crate::core::claim::{Claim, ClaimChange};
+use crate::core::workload::WorkloadKey;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
@@ -23,39 +24,27 @@ pub struct Mutation {
 pub enum Outcome {
     /// The namespace is excluded by policy: the object is not looked at.
     Excluded,
+    /// Owned by this controller (`Kind/name`): not examined and not counted, its controller's
+    /// pod template is.
+    Controlled(String),
     /// No gpushare annotations: allowed unchanged (after the multi-GPU check).
     Unmanaged,
+    /// A finished Job or Pod: it no longer counts against its GPU.
+    Finished,
     /// An UPDATE removed the annotations: gpushare's writes were taken back.
     Released,
-    /// A managed module, with the GPU it got.
-    Assigned(Assignment),
+    /// A managed module, with what it holds.
+    Assigned(Claim),
 }
 
-/// The resolved placement of one module.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Assignment {
-    pub gpu: GpuIndex,
-    pub mode: Mode,
-    /// Per replica, in mps mode only.
-    pub percentage: Option<Percentage>,
-    pub memory_limit: Option<MemoryLimit>,
-    pub replicas: u32,
-    /// Client processes: replicas x selected containers.
-    pub clients: u32,
-}
-
-impl Assignment {
-    /// Committed MPS percentage: replicas x percentage (0 in time-slicing mode).
-    pub fn committed_percentage(&self) -> u32 {
-        self.percentage
-            .map_or(0, |p| p.get().saturating_mul(self.replicas))
-    }
-
-    /// `gpu=1 mode=mps 20%`, as `gpushare check` prints it.
-    pub fn summary(&self) -> String {
-        match self.percentage {
-            Some(p) => format!("gpu={} mode={} {}%", self.gpu, self.mode, p),
-            None => format!("gpu={} mode={}", self.gpu, self.mode),
+impl Outcome {
+    /// What this admission changes in the committed claims of `key`, if anything: the input of
+    /// the commit step that follows the decision.
+    pub fn claim_change(&self, key: &WorkloadKey) -> Option<ClaimChange> {
+        match self {
+            Outcome::Assigned(claim) => Some(ClaimChange::Hold(claim.clone())),
+            Outcome::Released | Outcome::Finished => Some(ClaimChange::Free(key.clone())),
+            Outcome::Excluded | Outcome::Controlled(_) | Outcome::Unmanaged => None,
         }
     }
 }
@@ -71,6 +60,8 @@ pub enum Rule {
     Capacity,
     Reserved,
     Unverifiable,
+    /// A change Kubernetes cannot apply to a Job's or a Pod's pod template after creation.
+    FixedTemplate,
 }
 
 impl Rule {
@@ -84,6 +75,7 @@ impl Rule {
             Rule::Capacity => "capacity",
             Rule::Reserved => "reserved_for_vm",
             Rule::Unverifiable => "unverifiable",
+            Rule::FixedTemplate => "fixed_template",
         }
     }
 

@@ -67,6 +67,23 @@ pub struct AdmissionRequest<O> {
     pub dry_run: Option<bool>,
 }
 
+impl<O> AdmissionRequest<O> {
+    /// The envelope without its objects, and the objects (`object`, `oldObject`).
+    pub fn split(self) -> (AdmissionRequest<()>, Option<O>, Option<O>) {
+        let envelope = AdmissionRequest {
+            uid: self.uid,
+            kind: self.kind,
+            operation: self.operation,
+            namespace: self.namespace,
+            name: self.name,
+            object: None,
+            old_object: None,
+            dry_run: self.dry_run,
+        };
+        (envelope, self.object, self.old_object)
+    }
+}
+
 #[derive(Debug, Default, Deserialize, Serialize, Clone, PartialEq)]
 pub struct GroupVersionKind {
     #[serde(default)]

@@ -20,6 +20,8 @@ pub enum Decision {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub operation: &'static str,
+    /// The workload kind (`Deployment`, `Job`, ...), or `other`.
+    pub kind: &'static str,
     pub decision: Decision,
     pub reason: &'static str,
 }
@@ -66,7 +68,7 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "admission_requests",
-            "Admission reviews answered, by operation, decision and reason",
+            "Admission reviews answered, by operation, kind, decision and reason",
             requests.clone(),
         );
         // Buckets from 50 µs to ~1.6 s: admission is expected well under a millisecond.

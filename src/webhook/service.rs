@@ -1,5 +1,6 @@
-//! The admission service: body in, AdmissionReview out. It routes kinds and operations, calls the
-//! backend's decision, and records metrics and one log line per admission. No HTTP types here.
+//! The admission service: body in, AdmissionReview out. It routes kinds and operations, builds
+//! the kind-neutral workload view, calls the backend's decision, and records metrics and one log
+//! line per admission. No HTTP types here.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,7 +11,7 @@ use crate::core::decision::{self, Operation, Request};
 use crate::core::inventory::Inventory;
 use crate::core::policy::Policy;
 use crate::core::verdict::{Outcome, Verdict};
-use crate::core::workload::{Deployment, JsonObject};
+use crate::core::workload::{JsonObject, Kind, RawObject, Workload};
 use crate::webhook::admission::{
     self, AdmissionRequest, BadReview, GroupVersionKind, ReviewResponse,
 };
@@ -82,17 +83,17 @@ pub struct AdmissionService {
     pub metrics: Arc<Metrics>,
 }
 
-fn parse_deployment(kind: &str, raw: &RawValue) -> Result<Deployment, BadReview> {
-    serde_json::from_str::<JsonObject<Deployment>>(raw.get())
+fn parse_object(kind: Kind, raw: &RawValue) -> Result<RawObject, BadReview> {
+    serde_json::from_str::<JsonObject<RawObject>>(raw.get())
         .map(|object| object.0)
         .map_err(|e| BadReview::Object {
-            kind: kind.into(),
+            kind: kind.as_str().into(),
             error: e.to_string(),
         })
 }
 
-fn is_deployment(kind: &GroupVersionKind) -> bool {
-    kind.group == "apps" && kind.kind == "Deployment"
+fn kind_of(gvk: &GroupVersionKind) -> Option<Kind> {
+    Kind::from_group_kind(&gvk.group, &gvk.kind)
 }
 
 impl AdmissionService {
@@ -115,71 +116,84 @@ impl AdmissionService {
 
     fn review_inner(&self, body: &[u8]) -> Result<ReviewResponse, BadReview> {
         let started = Instant::now();
-        // One pass: the objects are read as Deployments while the envelope is parsed. Requests
-        // that do not read that way (other kinds, broken objects, broken bodies) take the raw path,
-        // which gives them their own answers.
-        if let Ok(request) = admission::parse::<JsonObject<Deployment>>(body) {
-            let object = request.object.as_ref().map(|o| &o.0);
-            let old_object = request.old_object.as_ref().map(|o| &o.0);
-            return self.answer(&request, object, old_object, started);
+        // One pass: the objects are read into the wire view of every kind while the envelope is
+        // parsed. Requests that do not read that way (foreign kinds of another shape, broken
+        // objects, broken bodies) take the raw path, which gives them their own answers.
+        if let Ok(request) = admission::parse::<JsonObject<RawObject>>(body) {
+            let (envelope, object, old_object) = request.split();
+            return self.answer(
+                &envelope,
+                object.map(|o| o.0),
+                old_object.map(|o| o.0),
+                started,
+            );
         }
         let request = admission::parse::<&RawValue>(body)?;
         let (mut object, mut old_object) = (None, None);
-        if is_deployment(&request.kind) && matches!(request.operation.as_str(), "CREATE" | "UPDATE")
+        if let (Some(kind), "CREATE" | "UPDATE") =
+            (kind_of(&request.kind), request.operation.as_str())
         {
-            let kind = &request.kind.kind;
             object = admission::present(request.object)
-                .map(|raw| parse_deployment(kind, raw))
+                .map(|raw| parse_object(kind, raw))
                 .transpose()?;
             old_object = admission::present(request.old_object)
-                .map(|raw| parse_deployment(kind, raw))
+                .map(|raw| parse_object(kind, raw))
                 .transpose()?;
         }
-        self.answer(&request, object.as_ref(), old_object.as_ref(), started)
+        let (envelope, _, _) = request.split();
+        self.answer(&envelope, object, old_object, started)
     }
 
-    fn answer<O>(
+    fn answer(
         &self,
-        request: &AdmissionRequest<O>,
-        object: Option<&Deployment>,
-        old_object: Option<&Deployment>,
+        request: &AdmissionRequest<()>,
+        object: Option<RawObject>,
+        old_object: Option<RawObject>,
         started: Instant,
     ) -> Result<ReviewResponse, BadReview> {
+        let kind = kind_of(&request.kind);
+        let kind_label = kind.map_or("other", Kind::as_str);
         let operation = match request.operation.as_str() {
             "CREATE" => Operation::Create,
             "UPDATE" => Operation::Update,
             other => {
-                self.count(operation_label(other), Decision::skipped, "operation");
+                self.count(
+                    operation_label(other),
+                    kind_label,
+                    Decision::skipped,
+                    "operation",
+                );
                 return Ok(ReviewResponse::allow(&request.uid));
             }
         };
-        if !is_deployment(&request.kind) {
+        let Some(kind) = kind else {
             self.count(
                 operation_label(&request.operation),
+                kind_label,
                 Decision::skipped,
                 "kind",
             );
             return Ok(ReviewResponse::allow(&request.uid));
-        }
+        };
         let object = object.ok_or_else(|| BadReview::NoObject(request.operation.clone()))?;
-        let namespace = request
-            .namespace
-            .as_deref()
-            .filter(|n| !n.is_empty())
-            .or(Some(object.metadata.namespace.as_str()).filter(|n| !n.is_empty()))
-            .unwrap_or("default");
-        let name = request
-            .name
-            .as_deref()
-            .filter(|n| !n.is_empty())
-            .or(Some(object.metadata.name.as_str()).filter(|n| !n.is_empty()))
-            .unwrap_or(object.metadata.generate_name.as_str());
+        let mut workload = Workload::from_raw(kind, object);
+        // The envelope names the object better than the object itself: a generateName'd object
+        // has no name yet, and a namespace may be left to the request's.
+        if let Some(namespace) = request.namespace.as_deref().filter(|n| !n.is_empty()) {
+            workload.key.namespace = namespace.to_string();
+        }
+        if let Some(name) = request.name.as_deref().filter(|n| !n.is_empty()) {
+            workload.key.name = name.to_string();
+        }
+        let old_workload = old_object.map(|old| {
+            let mut old = Workload::from_raw(kind, old);
+            old.key = workload.key.clone();
+            old
+        });
         let decision_request = Request {
             operation,
-            namespace,
-            name,
-            object,
-            old_object,
+            object: &workload,
+            old_object: old_workload.as_ref(),
         };
         let dry_run = request.dry_run.unwrap_or(false);
         let verdict = self.backend.admit(&decision_request, dry_run);
@@ -187,11 +201,18 @@ impl AdmissionService {
         Ok(ReviewResponse::new(&request.uid, &verdict))
     }
 
-    fn count(&self, operation: &'static str, decision: Decision, reason: &'static str) {
+    fn count(
+        &self,
+        operation: &'static str,
+        kind: &'static str,
+        decision: Decision,
+        reason: &'static str,
+    ) {
         self.metrics
             .requests
             .get_or_create(&RequestLabels {
                 operation,
+                kind,
                 decision,
                 reason,
             })
@@ -210,34 +231,37 @@ impl AdmissionService {
             Operation::Create => "CREATE",
             Operation::Update => "UPDATE",
         };
-        let (namespace, name) = (request.namespace, request.name);
+        let key = request.key();
+        let kind = key.kind.as_str();
         let latency_us = started.elapsed().as_micros() as u64;
         match verdict {
             Verdict::Allowed(m) => {
                 let (decision, reason) = match &m.outcome {
                     Outcome::Excluded => (Decision::allowed, "excluded_namespace"),
+                    Outcome::Controlled(_) => (Decision::skipped, "controlled"),
+                    Outcome::Finished => (Decision::allowed, "finished"),
                     Outcome::Unmanaged => (Decision::allowed, "unmanaged"),
                     Outcome::Released => (Decision::patched, "released"),
                     Outcome::Assigned(_) if m.patch.is_empty() => (Decision::allowed, "assigned"),
                     Outcome::Assigned(_) => (Decision::patched, "assigned"),
                 };
-                self.count(operation, decision, reason);
+                self.count(operation, kind, decision, reason);
                 // Field values are only built when the log line is enabled: the summary stays off the hot path.
-                let assignment = match &m.outcome {
-                    Outcome::Assigned(a) => Some(a),
+                let assigned = match &m.outcome {
+                    Outcome::Assigned(claim) => Some(&claim.assigned),
                     _ => None,
                 };
                 tracing::info!(
-                    uid = %uid, object = %format_args!("{namespace}/{name}"), operation, dry_run,
-                    decision = "allowed", reason, assignment = assignment.map(|a| a.summary()),
+                    uid = %uid, object = %key, operation, dry_run,
+                    decision = "allowed", reason, assignment = assigned.map(ToString::to_string),
                     warnings = m.warnings.len(), latency_us,
                     "admission"
                 );
             }
             Verdict::Denied(d) => {
-                self.count(operation, Decision::denied, d.rule.as_str());
+                self.count(operation, kind, Decision::denied, d.rule.as_str());
                 tracing::info!(
-                    uid = %uid, object = %format_args!("{namespace}/{name}"), operation, dry_run,
+                    uid = %uid, object = %key, operation, dry_run,
                     decision = "denied", reason = d.rule.as_str(), message = %d.message, latency_us,
                     "admission"
                 );

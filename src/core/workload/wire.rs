@@ -1,6 +1,7 @@
-//! A typed view of just the parts of a workload the decision reads: metadata annotations, replicas
-//! and the pod template. Parsing only these keeps admission fast; everything else in the object is
-//! skipped, and array positions are kept so patches can address entries by index.
+//! The wire view: just the parts of a workload object gpushare reads (metadata, the pods count, the
+//! pod template, the status of Jobs and Pods). Parsing only these keeps admission fast; everything
+//! else in the object is skipped, and array positions are kept so patches can address entries by
+//! index.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -88,6 +89,18 @@ pub struct ObjectMeta {
     /// `None` when the object has no annotations map at all (a patch must then add the map).
     #[serde(default)]
     pub annotations: Option<BTreeMap<String, String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub owner_references: Vec<OwnerReference>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct OwnerReference {
+    #[serde(default, deserialize_with = "nullable")]
+    pub kind: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub name: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub controller: bool,
 }
 
 impl Present for ObjectMeta {
@@ -96,55 +109,109 @@ impl Present for ObjectMeta {
     }
 }
 
-/// A Deployment, reduced to what gpushare reads.
+/// Any workload object as it comes off the wire, reduced to what gpushare reads. The fields of
+/// every kind's spec sit side by side (none of them clash), so one pass reads any kind before its
+/// adapter (`super::adapt`) knows which fields count; a foreign kind is read and then ignored.
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct Deployment {
+pub struct RawObject {
     #[serde(default, deserialize_with = "object")]
     pub metadata: ObjectMeta,
     #[serde(default, deserialize_with = "object")]
-    pub spec: DeploymentSpec,
+    pub spec: RawSpec,
+    #[serde(default, deserialize_with = "object")]
+    pub status: RawStatus,
 }
 
+impl Present for RawObject {}
+
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct DeploymentSpec {
+#[serde(rename_all = "camelCase")]
+pub struct RawSpec {
+    /// Deployment, ReplicaSet, StatefulSet.
     #[serde(default)]
     pub replicas: Option<i64>,
+    /// Job.
+    #[serde(default)]
+    pub parallelism: Option<i64>,
+    /// Deployment, ReplicaSet, StatefulSet, DaemonSet, Job.
+    #[serde(default, deserialize_with = "object")]
+    pub template: PodTemplate,
+    /// CronJob.
+    #[serde(default, deserialize_with = "object")]
+    pub job_template: JobTemplate,
+    /// CronJob.
+    #[serde(default, deserialize_with = "nullable")]
+    pub concurrency_policy: String,
+    /// Pod: the pod spec is the object's spec.
+    #[serde(default, deserialize_with = "nullable")]
+    pub containers: Vec<Container>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub init_containers: Vec<Container>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub node_name: String,
+    #[serde(default, rename = "hostIPC")]
+    pub host_ipc: Option<bool>,
+    #[serde(default)]
+    pub volumes: Option<Vec<Volume>>,
+    #[serde(default, deserialize_with = "claim_count")]
+    pub resource_claims: usize,
+}
+
+impl Present for RawSpec {}
+
+impl RawSpec {
+    /// The pod spec fields, for a Pod (whose spec is a pod spec).
+    pub fn into_pod_spec(self) -> PodSpec {
+        PodSpec {
+            containers: self.containers,
+            init_containers: self.init_containers,
+            node_selector: self.node_selector,
+            node_name: self.node_name,
+            host_ipc: self.host_ipc,
+            volumes: self.volumes,
+            resource_claims: self.resource_claims,
+        }
+    }
+}
+
+/// A CronJob's `spec.jobTemplate`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct JobTemplate {
+    #[serde(default, deserialize_with = "object")]
+    pub spec: JobTemplateSpec,
+}
+
+impl Present for JobTemplate {}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct JobTemplateSpec {
+    #[serde(default)]
+    pub parallelism: Option<i64>,
     #[serde(default, deserialize_with = "object")]
     pub template: PodTemplate,
 }
 
-impl Present for DeploymentSpec {}
+impl Present for JobTemplateSpec {}
 
-impl Present for Deployment {}
-
-/// A workload reduced to what the decision needs: where its pod template sits in the object, so
-/// the same core serves every kind that embeds a pod template.
-#[derive(Debug, Clone, Copy)]
-pub struct Workload<'a> {
-    pub metadata: &'a ObjectMeta,
-    pub replicas: u32,
-    pub template: &'a PodTemplate,
-    /// JSON pointer of the pod template inside the object, e.g. `/spec/template`.
-    pub template_path: &'static str,
+/// The status fields that say whether a Job or a Pod has finished.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RawStatus {
+    #[serde(default, deserialize_with = "nullable")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub phase: String,
 }
 
-impl Deployment {
-    pub fn workload(&self) -> Workload<'_> {
-        Workload {
-            metadata: &self.metadata,
-            replicas: self.replicas(),
-            template: &self.spec.template,
-            template_path: "/spec/template",
-        }
-    }
+impl Present for RawStatus {}
 
-    /// Replicas as the API server defaults them: a missing value means 1.
-    pub fn replicas(&self) -> u32 {
-        self.spec
-            .replicas
-            .unwrap_or(1)
-            .clamp(0, i64::from(u32::MAX)) as u32
-    }
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Condition {
+    #[serde(default, rename = "type", deserialize_with = "nullable")]
+    pub type_: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub status: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -180,6 +247,13 @@ pub struct PodSpec {
     pub host_ipc: Option<bool>,
     #[serde(default)]
     pub volumes: Option<Vec<Volume>>,
+    /// How many `resourceClaims` (Dynamic Resource Allocation) the pod spec has.
+    #[serde(default, deserialize_with = "claim_count")]
+    pub resource_claims: usize,
+}
+
+fn claim_count<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    Ok(Option::<Vec<serde::de::IgnoredAny>>::deserialize(d)?.map_or(0, |claims| claims.len()))
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -305,7 +379,7 @@ mod tests {
 
     #[test]
     fn reads_kubectl_create_output_and_tolerates_nulls() {
-        let d: Deployment = serde_json::from_value(serde_json::json!({
+        let d: RawObject = serde_json::from_value(serde_json::json!({
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"creationTimestamp": null, "labels": {"app": "x"}, "name": "x"},
             "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "x"}}, "strategy": {},
@@ -317,12 +391,42 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(d.metadata.name, "x");
-        assert_eq!(d.replicas(), 2);
+        assert_eq!(d.spec.replicas, Some(2));
         assert_eq!(d.spec.template.spec.containers[0].name, "nginx");
         assert!(d.spec.template.spec.containers[0].env_entries()[0]
             .value_from
             .is_some());
         assert!(d.spec.template.annotations().is_none());
+    }
+
+    #[test]
+    fn reads_every_kind_in_one_shape() {
+        let pod: RawObject = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "ownerReferences": [{"kind": "ReplicaSet", "name": "rs", "controller": true}]},
+            "spec": {"containers": [{"name": "c"}], "nodeName": "edge", "resourceClaims": [{"name": "gpu"}]},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+        .unwrap();
+        assert!(pod.metadata.owner_references[0].controller);
+        let spec = pod.spec.into_pod_spec();
+        assert_eq!(
+            (
+                spec.containers.len(),
+                spec.node_name.as_str(),
+                spec.resource_claims
+            ),
+            (1, "edge", 1)
+        );
+        let cron: RawObject = serde_json::from_value(serde_json::json!({
+            "spec": {"concurrencyPolicy": "Forbid", "schedule": "* * * * *", "jobTemplate": {"spec": {
+                "parallelism": 3, "template": {"spec": {"containers": [{"name": "c"}]}}}}}
+        }))
+        .unwrap();
+        assert_eq!(cron.spec.job_template.spec.parallelism, Some(3));
+        assert_eq!(
+            cron.spec.job_template.spec.template.spec.containers.len(),
+            1
+        );
     }
 
     #[test]
