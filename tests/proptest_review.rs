@@ -143,9 +143,7 @@ fn apply(object: &Value, patch: &Value) -> Result<Value, String> {
 /// Sends a review through one service: the well-formed answer, or why it is not.
 fn answer(s: &Service, review: &Value) -> Result<(Response, Option<Value>), String> {
     let body = serde_json::to_vec(review).expect("a Value serializes");
-    let answer = s
-        .service
-        .review(&body)
+    let answer = futures::executor::block_on(s.service.review(&body))
         .map_err(|e| format!("a well-formed review was rejected: {e}"))?;
     well_formed(&answer)
 }
@@ -757,7 +755,7 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..2048)) {
         for s in services() {
-            if let Ok(answer) = s.service.review(&body) {
+            if let Ok(answer) = futures::executor::block_on(s.service.review(&body)) {
                 well_formed(&answer).map_err(TestCaseError::fail)?;
             }
         }
@@ -783,7 +781,7 @@ proptest! {
     ) {
         let body = mutate(serde_json::to_vec(&review).expect("serializes"), &edits);
         for s in services() {
-            if let Ok(answer) = s.service.review(&body) {
+            if let Ok(answer) = futures::executor::block_on(s.service.review(&body)) {
                 well_formed(&answer)
                     .map_err(|e| TestCaseError::fail(format!("policy {}: {e}", s.name)))?;
             }
@@ -931,7 +929,7 @@ fn a_deployment_whose_spec_is_an_array_is_a_bad_request() {
     let body = serde_json::to_vec(&regression_review("deployment-spec-as-array.json"))
         .expect("serializes");
     for s in services() {
-        let error = s.service.review(&body).expect_err("HTTP 400");
+        let error = futures::executor::block_on(s.service.review(&body)).expect_err("HTTP 400");
         assert!(error.to_string().contains("expected an object"), "{error}");
     }
 }

@@ -94,15 +94,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         backend
     } else {
         let fixed_policy = args.policy.as_deref().map(read_policy).transpose()?;
-        let state =
+        let backend =
             crate::cluster::start(&args.policy_configmap, fixed_policy, metrics.clone()).await?;
         if let Some(path) = &args.policy {
-            let target = state.clone();
+            let target = backend.state.clone();
             policy_file::watch(path.clone(), POLICY_FILE_POLL, metrics.clone(), move |p| {
                 target.set_policy(p)
             });
         }
-        state
+        backend
     };
 
     let listener = tokio::net::TcpListener::bind(args.listen)

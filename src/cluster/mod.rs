@@ -1,7 +1,10 @@
-//! Cluster mode: watch-driven caches of nodes, the policy ConfigMap and the claims of workloads of
-//! every kind feed the decision core; admission reads them and never calls the API server.
+//! Cluster mode: watch-driven caches of nodes, the policy ConfigMap, the ledger of commitments and
+//! the claims of workloads of every kind feed the decision core. Admission reads them; the only
+//! API call on its path is the one ledger write an allocation change needs (`commit`).
 
+pub mod commit;
 mod convert;
+pub mod ledger;
 mod state;
 mod watch;
 
@@ -13,7 +16,11 @@ use kube::api::ListParams;
 use kube::core::DynamicObject;
 use kube::{Api, Client};
 
-pub use state::{Cache, ClusterState, RESERVATION_TTL};
+pub use commit::{ClusterBackend, Committer};
+pub use state::{Cache, ClusterState};
+
+/// The ConfigMap of commitments, in the namespace of the policy ConfigMap.
+pub const LEDGER_CONFIGMAP: &str = "gpushare-ledger";
 
 use crate::core::inventory::Inventory;
 use crate::core::policy::Policy;
@@ -39,13 +46,13 @@ async fn client() -> anyhow::Result<Client> {
         .context("no cluster configuration (KUBECONFIG, ~/.kube/config or in-cluster); run with --standalone to serve without a cluster")
 }
 
-/// Starts the watchers and returns the backend admissions use. Does not wait for the API server:
-/// readiness turns on once every cache has synced.
+/// Starts the watchers and the reconciler and returns the backend admissions use. Does not wait
+/// for the API server: readiness turns on once every cache has synced.
 pub async fn start(
     configmap: &str,
     fixed_policy: Option<Policy>,
     metrics: Arc<Metrics>,
-) -> anyhow::Result<Arc<ClusterState>> {
+) -> anyhow::Result<Arc<ClusterBackend>> {
     let (namespace, name) = configmap_ref(configmap)?;
     let client = client().await?;
     let state = Arc::new(ClusterState::new(
@@ -54,6 +61,17 @@ pub async fn start(
         metrics.clone(),
     ));
     tokio::spawn(watch::nodes(client.clone(), state.clone()));
+    tokio::spawn(watch::ledger(
+        client.clone(),
+        state.clone(),
+        namespace.clone(),
+        LEDGER_CONFIGMAP.to_string(),
+    ));
+    let committer = Arc::new(Committer::new(Arc::new(commit::ApiStore {
+        api: Api::namespaced(client.clone(), &namespace),
+        name: LEDGER_CONFIGMAP.to_string(),
+    })));
+    tokio::spawn(commit::reconcile_forever(committer.clone(), state.clone()));
     for kind in WATCHED {
         tokio::spawn(watch::workloads(client.clone(), state.clone(), kind));
     }
@@ -73,7 +91,7 @@ pub async fn start(
             ));
         }
     }
-    Ok(state)
+    Ok(Arc::new(ClusterBackend { state, committer }))
 }
 
 /// Reads the cluster once, for `gpushare status`.

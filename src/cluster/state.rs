@@ -1,28 +1,27 @@
 //! The cluster's live view, fed by the watchers and read by admissions: nodes, the policy, the
-//! claims of cached workloads of every watched kind, and short-lived reservations for admissions
-//! the cache does not show yet, so two admissions racing in this process cannot double-book a GPU.
+//! claims of the stored workloads of every watched kind, and the ledger of commitments recorded in
+//! the API server (`ledger`). Decisions count the ledger's entry for a workload, or what the stored
+//! workload holds when the ledger has none (objects admitted before the ledger existed).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
 
+use super::ledger::{self, Edit, Ledger};
 use crate::core::claim::{Claim, ClaimChange};
 use crate::core::decision::{self, Request};
 use crate::core::inventory::{Inventory, Node};
 use crate::core::policy::Policy;
+use crate::core::scale;
 use crate::core::verdict::Verdict;
 use crate::core::workload::{Kind, WorkloadKey};
 use crate::webhook::metrics::{CacheLabels, GpuLabels, Metrics};
-use crate::webhook::service::Backend;
-
-/// How long an admitted module is counted before the cache shows it. An object the API server
-/// finally rejected (another webhook, validation) stops counting after this.
-pub const RESERVATION_TTL: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Cache {
     Nodes,
     Policy,
+    /// The ledger ConfigMap of commitments.
+    Ledger,
     /// The workloads of one kind.
     Workloads(Kind),
 }
@@ -32,23 +31,19 @@ impl Cache {
         match self {
             Cache::Nodes => "nodes",
             Cache::Policy => "policy",
+            Cache::Ledger => "ledger",
             Cache::Workloads(kind) => kind.plural(),
         }
     }
 }
 
-/// A claim (or its release: `None`) admitted here and not yet shown by the cache.
-struct Reservation {
-    claim: Option<Claim>,
-    expires: Instant,
-}
-
 struct Inner {
     policy: Arc<Policy>,
     nodes: BTreeMap<String, Node>,
-    cached: HashMap<WorkloadKey, Claim>,
-    reservations: HashMap<WorkloadKey, Reservation>,
-    /// Nodes and cached claims with reservations laid over them: what decisions read.
+    /// What each stored workload holds, from the watch caches.
+    stored: HashMap<WorkloadKey, Claim>,
+    ledger: Ledger,
+    /// Nodes, and for each workload its ledger entry or else its stored claim: what decisions read.
     view: Inventory,
     synced: Vec<Cache>,
 }
@@ -61,27 +56,20 @@ pub struct ClusterState {
 }
 
 impl Inner {
+    /// What `key` counts as: its ledger entry, else its stored claim.
     fn refresh_claim(&mut self, key: &WorkloadKey) {
-        let reserved = self.reservations.get(key).map(|r| r.claim.clone());
-        match reserved.unwrap_or_else(|| self.cached.get(key).cloned()) {
+        let counted = self
+            .ledger
+            .entries
+            .get(key)
+            .map(|entry| entry.claim.clone())
+            .or_else(|| self.stored.get(key).cloned());
+        match counted {
             Some(claim) => self.view.hold(claim),
             None => {
                 self.view.free(key);
             }
         };
-    }
-
-    fn expire(&mut self, now: Instant) {
-        let expired: Vec<WorkloadKey> = self
-            .reservations
-            .iter()
-            .filter(|(_, r)| r.expires <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in expired {
-            self.reservations.remove(&key);
-            self.refresh_claim(&key);
-        }
     }
 
     fn rebuild_nodes(&mut self) {
@@ -90,18 +78,18 @@ impl Inner {
 }
 
 impl ClusterState {
-    /// A state that is ready once nodes, the policy and the workloads of every kind in `kinds`
-    /// have synced.
+    /// A state that is ready once nodes, the policy, the ledger and the workloads of every kind in
+    /// `kinds` have synced.
     pub fn new(policy: Policy, kinds: &[Kind], metrics: Arc<Metrics>) -> ClusterState {
-        let mut required = vec![Cache::Nodes, Cache::Policy];
+        let mut required = vec![Cache::Nodes, Cache::Policy, Cache::Ledger];
         required.extend(kinds.iter().map(|&kind| Cache::Workloads(kind)));
         ClusterState {
             required,
             inner: Mutex::new(Inner {
                 policy: Arc::new(policy),
                 nodes: BTreeMap::new(),
-                cached: HashMap::new(),
-                reservations: HashMap::new(),
+                stored: HashMap::new(),
+                ledger: Ledger::default(),
                 view: Inventory::default(),
                 synced: Vec::new(),
             }),
@@ -145,6 +133,10 @@ impl ClusterState {
             .all(|cache| inner.synced.contains(cache))
     }
 
+    pub fn ready(&self) -> bool {
+        self.is_synced()
+    }
+
     /// Replaces every node (after a full list).
     pub fn replace_nodes(&self, nodes: Vec<Node>) {
         {
@@ -173,25 +165,25 @@ impl ClusterState {
         self.publish_usage();
     }
 
-    /// Replaces every cached claim of one kind (after a full list of that kind).
+    /// Replaces every stored claim of one kind (after a full list of that kind).
     pub fn replace_claims(&self, kind: Kind, claims: Vec<Claim>) {
         {
             let mut inner = self.lock();
             let mut keys: Vec<WorkloadKey> = inner
-                .cached
+                .stored
                 .keys()
                 .filter(|key| key.kind == kind)
                 .cloned()
                 .collect();
             for key in &keys {
-                inner.cached.remove(key);
+                inner.stored.remove(key);
             }
             for claim in claims {
                 keys.push(claim.key.clone());
-                inner.cached.insert(claim.key.clone(), claim);
+                inner.stored.insert(claim.key.clone(), claim);
             }
             for key in keys {
-                Self::settle(&mut inner, &key);
+                inner.refresh_claim(&key);
             }
         }
         self.publish_usage();
@@ -202,24 +194,85 @@ impl ClusterState {
         {
             let mut inner = self.lock();
             match claim {
-                Some(claim) => inner.cached.insert(key.clone(), claim),
-                None => inner.cached.remove(&key),
+                Some(claim) => inner.stored.insert(key.clone(), claim),
+                None => inner.stored.remove(&key),
             };
-            Self::settle(&mut inner, &key);
+            inner.refresh_claim(&key);
         }
         self.publish_usage();
     }
 
-    /// Drops a reservation once the cache shows what it reserved.
-    fn settle(inner: &mut Inner, key: &WorkloadKey) {
-        let shown = match inner.reservations.get(key) {
-            Some(reservation) => reservation.claim.as_ref() == inner.cached.get(key),
-            None => false,
-        };
-        if shown {
-            inner.reservations.remove(key);
+    /// Takes a reading of the ledger (from its watch, or the answer to a write), unless an
+    /// even later one is already known.
+    pub fn set_ledger(&self, ledger: Ledger) {
+        {
+            let mut inner = self.lock();
+            if inner.ledger.resource_version.is_some() && !inner.ledger.is_older_than(&ledger) {
+                return;
+            }
+            let mut keys: Vec<WorkloadKey> = inner.ledger.entries.keys().cloned().collect();
+            keys.extend(ledger.entries.keys().cloned());
+            inner.ledger = ledger;
+            for key in keys {
+                inner.refresh_claim(&key);
+            }
         }
-        inner.refresh_claim(key);
+        self.publish_usage();
+    }
+
+    /// The ledger ConfigMap was deleted: nothing is recorded any more.
+    pub fn clear_ledger(&self) {
+        {
+            let mut inner = self.lock();
+            let keys: Vec<WorkloadKey> = inner.ledger.entries.keys().cloned().collect();
+            inner.ledger = Ledger::default();
+            for key in keys {
+                inner.refresh_claim(&key);
+            }
+        }
+        self.publish_usage();
+    }
+
+    pub fn ledger_version(&self) -> Option<String> {
+        self.lock().ledger.resource_version.clone()
+    }
+
+    pub fn ledger_records(&self, edit: &Edit) -> bool {
+        self.lock().ledger.records(edit)
+    }
+
+    /// What the ledger must change to match the stored workloads.
+    pub fn reconcile_edits(&self, now_ms: u64) -> Vec<Edit> {
+        let inner = self.lock();
+        ledger::reconcile(&inner.ledger, &inner.stored, now_ms)
+    }
+
+    /// Decides a workload's admission against the view, and what it would commit.
+    pub fn decide(&self, request: &Request<'_>) -> (Verdict, Option<ClaimChange>) {
+        let inner = self.lock();
+        let verdict = decision::decide(request, &inner.policy, &inner.view);
+        let change = match &verdict {
+            Verdict::Allowed(m) => m.outcome.claim_change(request.key()),
+            Verdict::Denied(_) => None,
+        };
+        (verdict, change)
+    }
+
+    /// Decides a scale of `key` to `replicas`, from what the workload holds now.
+    pub fn decide_scale(&self, key: &WorkloadKey, replicas: u32) -> (Verdict, Option<ClaimChange>) {
+        let inner = self.lock();
+        let verdict = scale::decide(
+            key,
+            inner.view.claim(key),
+            replicas,
+            &inner.policy,
+            &inner.view,
+        );
+        let change = match &verdict {
+            Verdict::Allowed(m) => m.outcome.claim_change(key),
+            Verdict::Denied(_) => None,
+        };
+        (verdict, change)
     }
 
     /// A snapshot of the policy and the view, for `status` and tests.
@@ -251,54 +304,17 @@ impl ClusterState {
     }
 }
 
-impl Backend for ClusterState {
-    fn admit(&self, request: &Request<'_>, dry_run: bool) -> Verdict {
-        let mut inner = self.lock();
-        inner.expire(Instant::now());
-        let verdict = decision::decide(request, &inner.policy, &inner.view);
-        if dry_run {
-            return verdict;
-        }
-        let change = match &verdict {
-            Verdict::Allowed(m) => m.outcome.claim_change(request.key()),
-            Verdict::Denied(_) => None,
-        };
-        if let Some(change) = change {
-            let key = change.key().clone();
-            let claim = match change {
-                ClaimChange::Hold(claim) => Some(claim),
-                ClaimChange::Free(_) => None,
-            };
-            inner.reservations.insert(
-                key.clone(),
-                Reservation {
-                    claim,
-                    expires: Instant::now() + RESERVATION_TTL,
-                },
-            );
-            // The per-GPU gauges follow the cache, which shows the object a moment later: keeping
-            // them off the admission path.
-            inner.refresh_claim(&key);
-        }
-        verdict
-    }
-
-    fn ready(&self) -> bool {
-        self.is_synced()
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::cluster::ledger::Entry;
     use crate::core::claim::{Assigned, Share};
     use crate::core::decision::Operation;
     use crate::core::domain::{GpuIndex, Percentage};
     use crate::core::inventory::Placement;
-    use crate::core::verdict::Outcome;
     use crate::core::workload::{RawObject, Workload};
 
-    fn state(gpus: u32) -> ClusterState {
+    pub fn state(gpus: u32) -> ClusterState {
         let state = ClusterState::new(
             Policy::from_yaml("gpuModes: {0: mps, 1: mps}").unwrap(),
             &[Kind::Deployment, Kind::Job],
@@ -312,7 +328,7 @@ mod tests {
         state
     }
 
-    fn deployment(name: &str, replicas: u32, percentage: u32) -> Workload {
+    pub fn deployment(name: &str, replicas: u32, percentage: u32) -> Workload {
         let raw: RawObject = serde_json::from_value(serde_json::json!({
             "metadata": {"name": name, "namespace": "ns",
                 "annotations": {"gpushare.io/gpu": "auto", "gpushare.io/mps-percentage": percentage.to_string()}},
@@ -320,25 +336,6 @@ mod tests {
         }))
         .unwrap();
         Workload::from_raw(Kind::Deployment, raw)
-    }
-
-    fn admit(state: &ClusterState, object: &Workload, dry_run: bool) -> Verdict {
-        let request = Request {
-            operation: Operation::Create,
-            object,
-            old_object: None,
-        };
-        state.admit(&request, dry_run)
-    }
-
-    fn assigned(verdict: &Verdict) -> Option<GpuIndex> {
-        match verdict {
-            Verdict::Allowed(m) => match &m.outcome {
-                Outcome::Assigned(claim) => Some(claim.gpu()),
-                _ => None,
-            },
-            Verdict::Denied(_) => None,
-        }
     }
 
     fn key(kind: Kind, name: &str) -> WorkloadKey {
@@ -358,66 +355,94 @@ mod tests {
         }
     }
 
+    fn ledger(version: &str, claims: &[Claim]) -> Ledger {
+        Ledger {
+            resource_version: Some(version.into()),
+            entries: claims
+                .iter()
+                .map(|c| {
+                    (
+                        c.key.clone(),
+                        Entry {
+                            claim: c.clone(),
+                            written_ms: 0,
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn decide(state: &ClusterState, object: &Workload) -> Verdict {
+        let request = Request {
+            operation: Operation::Create,
+            object,
+            old_object: None,
+        };
+        state.decide(&request).0
+    }
+
     #[test]
-    fn racing_admissions_do_not_double_book_a_gpu() {
+    fn a_ledger_entry_counts_even_before_the_cache_shows_the_workload() {
         let state = state(1);
-        assert_eq!(
-            assigned(&admit(&state, &deployment("a", 1, 60), false)),
-            Some(GpuIndex(0))
-        );
-        // The cache does not show `a` yet; its reservation still counts.
+        let a = key(Kind::Deployment, "a");
+        state.set_ledger(ledger("5", &[claim(a.clone(), 0, 1, 60)]));
         assert!(matches!(
-            admit(&state, &deployment("b", 1, 60), false),
+            decide(&state, &deployment("b", 1, 60)),
+            Verdict::Denied(_)
+        ));
+        // The ledger entry wins over a stored claim of the same workload.
+        state.apply_claim(a.clone(), Some(claim(a, 0, 1, 10)));
+        assert!(matches!(
+            decide(&state, &deployment("b", 1, 60)),
             Verdict::Denied(_)
         ));
     }
 
     #[test]
-    fn dry_run_reserves_nothing() {
-        let state = state(1);
-        assert!(assigned(&admit(&state, &deployment("a", 1, 60), true)).is_some());
-        assert!(assigned(&admit(&state, &deployment("b", 1, 60), true)).is_some());
-    }
-
-    #[test]
-    fn auto_spreads_over_reservations_and_the_cache_takes_over() {
-        let state = state(2);
-        assert_eq!(
-            assigned(&admit(&state, &deployment("a", 1, 40), false)),
-            Some(GpuIndex(0))
-        );
-        assert_eq!(
-            assigned(&admit(&state, &deployment("b", 1, 40), false)),
-            Some(GpuIndex(1))
-        );
-        let a = key(Kind::Deployment, "a");
-        state.apply_claim(a.clone(), Some(claim(a.clone(), 0, 1, 40)));
-        assert!(
-            !state.lock().reservations.contains_key(&a),
-            "a shown by the cache: reservation dropped"
-        );
-        state.apply_claim(a, None);
-        let (_, view) = state.snapshot();
-        assert_eq!(
-            view.claims().count(),
-            1,
-            "deleting a frees its share; b is still reserved"
-        );
-    }
-
-    #[test]
-    fn a_cached_claim_of_any_kind_counts_until_deleted() {
+    fn a_stored_claim_the_ledger_lacks_still_counts() {
         let state = state(1);
         let job = key(Kind::Job, "old");
         state.apply_claim(job.clone(), Some(claim(job.clone(), 0, 2, 50)));
         assert!(matches!(
-            admit(&state, &deployment("new", 1, 10), false),
+            decide(&state, &deployment("new", 1, 10)),
             Verdict::Denied(_)
         ));
         state.apply_claim(job, None);
+        assert!(matches!(
+            decide(&state, &deployment("new", 1, 10)),
+            Verdict::Allowed(_)
+        ));
+    }
+
+    #[test]
+    fn an_older_reading_of_the_ledger_never_replaces_a_newer_one() {
+        let state = state(1);
+        let a = key(Kind::Deployment, "a");
+        state.set_ledger(ledger("9", &[claim(a.clone(), 0, 1, 60)]));
+        state.set_ledger(ledger("8", &[]));
+        assert_eq!(state.ledger_version().as_deref(), Some("9"));
+        assert!(state.snapshot().1.claim(&a).is_some());
+        state.set_ledger(ledger("10", &[]));
+        assert!(state.snapshot().1.claim(&a).is_none());
+    }
+
+    #[test]
+    fn scaling_checks_the_new_replicas_on_the_gpu_the_workload_holds() {
+        let state = state(1);
+        let a = key(Kind::Deployment, "a");
+        state.set_ledger(ledger("3", &[claim(a.clone(), 0, 1, 40)]));
+        assert!(
+            matches!(state.decide_scale(&a, 3).0, Verdict::Denied(_)),
+            "3 x 40% > 100%"
+        );
+        let (verdict, change) = state.decide_scale(&a, 2);
+        assert!(matches!(verdict, Verdict::Allowed(_)));
+        assert_eq!(change, Some(ClaimChange::Hold(claim(a.clone(), 0, 2, 40))));
+        let (_, unmanaged) = state.decide_scale(&key(Kind::Deployment, "plain"), 50);
         assert_eq!(
-            assigned(&admit(&state, &deployment("new", 1, 10), false)),
-            Some(GpuIndex(0))
+            unmanaged, None,
+            "a workload that holds nothing scales freely"
         );
     }
 
@@ -434,14 +459,15 @@ mod tests {
     }
 
     #[test]
-    fn readiness_needs_every_cache() {
+    fn readiness_needs_every_cache_and_the_ledger() {
         let state = state(1);
         assert!(!state.ready());
         state.mark_synced(Cache::Nodes);
         state.mark_synced(Cache::Policy);
         state.mark_synced(Cache::Workloads(Kind::Deployment));
-        assert!(!state.ready(), "Jobs have not synced");
         state.mark_synced(Cache::Workloads(Kind::Job));
+        assert!(!state.ready(), "the ledger has not synced");
+        state.mark_synced(Cache::Ledger);
         assert!(state.ready());
     }
 }

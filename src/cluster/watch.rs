@@ -13,6 +13,7 @@ use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource};
 
 use super::convert;
+use super::ledger::Ledger;
 use super::state::{Cache, ClusterState};
 use crate::core::policy::Policy;
 use crate::core::workload::Kind;
@@ -106,6 +107,40 @@ pub async fn workloads(client: Client, state: Arc<ClusterState>, kind: Kind) {
                 state.apply_claim(convert::key(kind, &object), convert::claim(kind, &object))
             }
             Event::Delete(object) => state.apply_claim(convert::key(kind, &object), None),
+        }
+    }
+}
+
+/// Keeps the ledger of commitments: every replica's writes, as the API server stores them.
+pub async fn ledger(client: Client, state: Arc<ClusterState>, namespace: String, name: String) {
+    let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut listed = false;
+    let events = logged(
+        Cache::Ledger,
+        watcher::watcher(api, config).default_backoff(),
+    );
+    let mut events = std::pin::pin!(events);
+    while let Some(event) = events.next().await {
+        match event {
+            Event::Init => listed = false,
+            Event::InitApply(cm) => {
+                listed = true;
+                state.set_ledger(Ledger::from_configmap(&cm));
+            }
+            Event::InitDone => {
+                if !listed {
+                    state.clear_ledger();
+                }
+                state.mark_synced(Cache::Ledger);
+            }
+            Event::Apply(cm) => state.set_ledger(Ledger::from_configmap(&cm)),
+            Event::Delete(_) => {
+                tracing::warn!(
+                    "the ledger ConfigMap was deleted; the next commitment creates it again"
+                );
+                state.clear_ledger();
+            }
         }
     }
 }

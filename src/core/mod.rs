@@ -12,5 +12,6 @@ mod mutation;
 mod patch;
 mod placement;
 pub mod policy;
+pub mod scale;
 pub mod verdict;
 pub mod workload;

@@ -62,6 +62,8 @@ pub enum Rule {
     Unverifiable,
     /// A change Kubernetes cannot apply to a Job's or a Pod's pod template after creation.
     FixedTemplate,
+    /// The commitment could not be recorded in the API server in time (CONTRACT section 6a).
+    Unrecorded,
 }
 
 impl Rule {
@@ -76,6 +78,7 @@ impl Rule {
             Rule::Reserved => "reserved_for_vm",
             Rule::Unverifiable => "unverifiable",
             Rule::FixedTemplate => "fixed_template",
+            Rule::Unrecorded => "unrecorded",
         }
     }
 
@@ -83,6 +86,8 @@ impl Rule {
     pub fn http_code(self) -> u16 {
         match self {
             Rule::InvalidValue | Rule::UnknownAnnotation => 400,
+            // Not the user's fault: the same request may pass when retried.
+            Rule::Unrecorded => 503,
             _ => 403,
         }
     }

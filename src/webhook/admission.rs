@@ -44,8 +44,7 @@ fn none<T>() -> Option<T> {
     None
 }
 
-/// `request`, reduced to what the decision needs; `userInfo`, `options`, `resource` and the
-/// rest are skipped without being parsed.
+/// `request`, reduced to what the decision needs; `userInfo`, `options` and the rest are skipped without being parsed.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", bound(deserialize = "O: Deserialize<'de>"))]
 pub struct AdmissionRequest<O> {
@@ -53,6 +52,11 @@ pub struct AdmissionRequest<O> {
     pub uid: String,
     #[serde(default)]
     pub kind: GroupVersionKind,
+    /// The resource and subresource, e.g. `apps/v1 deployments` and `scale` for `kubectl scale`.
+    #[serde(default)]
+    pub resource: GroupVersionResource,
+    #[serde(default)]
+    pub sub_resource: Option<String>,
     #[serde(default)]
     pub operation: String,
     #[serde(default)]
@@ -73,6 +77,8 @@ impl<O> AdmissionRequest<O> {
         let envelope = AdmissionRequest {
             uid: self.uid,
             kind: self.kind,
+            resource: self.resource,
+            sub_resource: self.sub_resource,
             operation: self.operation,
             namespace: self.namespace,
             name: self.name,
@@ -92,6 +98,16 @@ pub struct GroupVersionKind {
     pub version: String,
     #[serde(default)]
     pub kind: String,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize, Clone, PartialEq)]
+pub struct GroupVersionResource {
+    #[serde(default)]
+    pub group: String,
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub resource: String,
 }
 
 /// Parses a body into a review with a request and a uid, its objects read as `O`.

@@ -96,7 +96,7 @@ async fn mutate(State(state): State<Arc<AppState>>, request: Request<Body>) -> R
                     .into_response()
             }
         };
-    match state.service.review(&body) {
+    match state.service.review(&body).await {
         Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
         Err(error) => (StatusCode::BAD_REQUEST, format!("{error}\n")).into_response(),
     }

@@ -5,13 +5,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::future::BoxFuture;
 use serde_json::value::RawValue;
 
 use crate::core::decision::{self, Operation, Request};
 use crate::core::inventory::Inventory;
 use crate::core::policy::Policy;
-use crate::core::verdict::{Outcome, Verdict};
-use crate::core::workload::{JsonObject, Kind, RawObject, Workload};
+use crate::core::verdict::{Mutation, Outcome, Verdict};
+use crate::core::workload::{JsonObject, Kind, RawObject, Workload, WorkloadKey};
 use crate::webhook::admission::{
     self, AdmissionRequest, BadReview, GroupVersionKind, ReviewResponse,
 };
@@ -19,9 +20,24 @@ use crate::webhook::metrics::{Decision, Metrics, RequestLabels};
 
 /// Where decisions are made: a fixed policy and node (standalone) or the cluster's live caches.
 pub trait Backend: Send + Sync {
-    /// Decides one request; unless `dry_run`, an allowed module is recorded so that concurrent
-    /// admissions cannot double-book its GPU.
-    fn admit(&self, request: &Request<'_>, dry_run: bool) -> Verdict;
+    /// Decides one request; unless `dry_run`, what an allowed request commits is recorded first
+    /// (in a cluster: in the API server), so that no two admissions can double-book a GPU.
+    fn admit<'a>(&'a self, request: &'a Request<'a>, dry_run: bool) -> BoxFuture<'a, Verdict>;
+    /// Decides a change of replicas through the scale subresource of `key`. Standalone mode
+    /// stores no workloads: allowed unchanged.
+    fn scale<'a>(
+        &'a self,
+        key: &'a WorkloadKey,
+        replicas: u32,
+        dry_run: bool,
+    ) -> BoxFuture<'a, Verdict> {
+        let _ = (key, replicas, dry_run);
+        Box::pin(std::future::ready(Verdict::Allowed(Mutation {
+            patch: Vec::new(),
+            warnings: Vec::new(),
+            outcome: Outcome::Unmanaged,
+        })))
+    }
     /// Whether every cache this backend reads has synced once.
     fn ready(&self) -> bool;
 }
@@ -32,9 +48,15 @@ pub struct StaticBackend {
     pub inventory: Inventory,
 }
 
-impl Backend for StaticBackend {
-    fn admit(&self, request: &Request<'_>, _dry_run: bool) -> Verdict {
+impl StaticBackend {
+    pub fn decide(&self, request: &Request<'_>) -> Verdict {
         decision::decide(request, &self.policy, &self.inventory)
+    }
+}
+
+impl Backend for StaticBackend {
+    fn admit<'a>(&'a self, request: &'a Request<'a>, _dry_run: bool) -> BoxFuture<'a, Verdict> {
+        Box::pin(std::future::ready(self.decide(request)))
     }
 
     fn ready(&self) -> bool {
@@ -69,8 +91,8 @@ impl StandaloneBackend {
 }
 
 impl Backend for StandaloneBackend {
-    fn admit(&self, request: &Request<'_>, dry_run: bool) -> Verdict {
-        self.current().admit(request, dry_run)
+    fn admit<'a>(&'a self, request: &'a Request<'a>, _dry_run: bool) -> BoxFuture<'a, Verdict> {
+        Box::pin(std::future::ready(self.current().decide(request)))
     }
 
     fn ready(&self) -> bool {
@@ -92,15 +114,28 @@ fn parse_object(kind: Kind, raw: &RawValue) -> Result<RawObject, BadReview> {
         })
 }
 
+/// The kind whose replicas an UPDATE of `<resource>/scale` changes (CONTRACT section 2a).
+fn scaled_kind(request: &AdmissionRequest<()>) -> Option<Kind> {
+    if request.sub_resource.as_deref() != Some("scale")
+        || request.operation != "UPDATE"
+        || request.resource.group != "apps"
+    {
+        return None;
+    }
+    [Kind::Deployment, Kind::ReplicaSet, Kind::StatefulSet]
+        .into_iter()
+        .find(|kind| kind.plural() == request.resource.resource)
+}
+
 fn kind_of(gvk: &GroupVersionKind) -> Option<Kind> {
     Kind::from_group_kind(&gvk.group, &gvk.kind)
 }
 
 impl AdmissionService {
     /// Answers one body: `Ok` with the serialized AdmissionReview, or `Err` for HTTP 400.
-    pub fn review(&self, body: &[u8]) -> Result<Vec<u8>, BadReview> {
+    pub async fn review(&self, body: &[u8]) -> Result<Vec<u8>, BadReview> {
         let started = Instant::now();
-        let result = self.review_inner(body);
+        let result = self.review_inner(body).await;
         self.metrics
             .latency
             .observe(started.elapsed().as_secs_f64());
@@ -114,19 +149,21 @@ impl AdmissionService {
         }
     }
 
-    fn review_inner(&self, body: &[u8]) -> Result<ReviewResponse, BadReview> {
+    async fn review_inner(&self, body: &[u8]) -> Result<ReviewResponse, BadReview> {
         let started = Instant::now();
         // One pass: the objects are read into the wire view of every kind while the envelope is
         // parsed. Requests that do not read that way (foreign kinds of another shape, broken
         // objects, broken bodies) take the raw path, which gives them their own answers.
         if let Ok(request) = admission::parse::<JsonObject<RawObject>>(body) {
             let (envelope, object, old_object) = request.split();
-            return self.answer(
-                &envelope,
-                object.map(|o| o.0),
-                old_object.map(|o| o.0),
-                started,
-            );
+            return self
+                .answer(
+                    &envelope,
+                    object.map(|o| o.0),
+                    old_object.map(|o| o.0),
+                    started,
+                )
+                .await;
         }
         let request = admission::parse::<&RawValue>(body)?;
         let (mut object, mut old_object) = (None, None);
@@ -141,16 +178,19 @@ impl AdmissionService {
                 .transpose()?;
         }
         let (envelope, _, _) = request.split();
-        self.answer(&envelope, object, old_object, started)
+        self.answer(&envelope, object, old_object, started).await
     }
 
-    fn answer(
+    async fn answer(
         &self,
         request: &AdmissionRequest<()>,
         object: Option<RawObject>,
         old_object: Option<RawObject>,
         started: Instant,
     ) -> Result<ReviewResponse, BadReview> {
+        if let Some(kind) = scaled_kind(request) {
+            return Ok(self.answer_scale(request, kind, object, started).await);
+        }
         let kind = kind_of(&request.kind);
         let kind_label = kind.map_or("other", Kind::as_str);
         let operation = match request.operation.as_str() {
@@ -196,9 +236,44 @@ impl AdmissionService {
             old_object: old_workload.as_ref(),
         };
         let dry_run = request.dry_run.unwrap_or(false);
-        let verdict = self.backend.admit(&decision_request, dry_run);
+        let verdict = self.backend.admit(&decision_request, dry_run).await;
         self.record(&request.uid, &decision_request, dry_run, &verdict, started);
         Ok(ReviewResponse::new(&request.uid, &verdict))
+    }
+
+    /// `kubectl scale` and autoscalers: an UPDATE of the scale subresource, whose object is an
+    /// `autoscaling/v1` Scale with the new `spec.replicas`.
+    async fn answer_scale(
+        &self,
+        request: &AdmissionRequest<()>,
+        kind: Kind,
+        scale: Option<RawObject>,
+        started: Instant,
+    ) -> ReviewResponse {
+        let namespace = request.namespace.as_deref().unwrap_or_default();
+        let name = request.name.as_deref().unwrap_or_default();
+        let key = WorkloadKey::new(kind, namespace, name);
+        let replicas = scale
+            .and_then(|s| s.spec.replicas)
+            .unwrap_or(1)
+            .clamp(0, i64::from(u32::MAX)) as u32;
+        let dry_run = request.dry_run.unwrap_or(false);
+        let verdict = self.backend.scale(&key, replicas, dry_run).await;
+        let (decision, outcome) = match &verdict {
+            Verdict::Allowed(m) if matches!(m.outcome, Outcome::Assigned(_)) => {
+                (Decision::allowed, "scaled")
+            }
+            Verdict::Allowed(_) => (Decision::allowed, "unmanaged"),
+            Verdict::Denied(_) => (Decision::denied, "denied"),
+        };
+        self.count("UPDATE", kind.as_str(), decision, outcome);
+        tracing::info!(
+            uid = %request.uid, object = %key, operation = "UPDATE", subresource = "scale", replicas, dry_run,
+            decision = outcome, message = match &verdict { Verdict::Denied(d) => Some(d.message.as_str()), _ => None },
+            latency_us = started.elapsed().as_micros() as u64,
+            "admission"
+        );
+        ReviewResponse::new(&request.uid, &verdict)
     }
 
     fn count(
