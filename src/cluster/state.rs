@@ -12,8 +12,8 @@ use crate::core::inventory::{Inventory, Node};
 use crate::core::policy::Policy;
 use crate::core::verdict::Verdict;
 use crate::core::workload::{Kind, WorkloadKey};
+use crate::webhook::backend::{Backend, Conflict, Version};
 use crate::webhook::metrics::{CacheLabels, GpuLabels, Metrics};
-use crate::webhook::service::Backend;
 
 /// How long an admitted module is counted before the cache shows it. An object the API server
 /// finally rejected (another webhook, validation) stops counting after this.
@@ -50,6 +50,8 @@ struct Inner {
     reservations: HashMap<WorkloadKey, Reservation>,
     /// Nodes and cached claims with reservations laid over them: what decisions read.
     view: Inventory,
+    /// Moves whenever the view or the policy changes: a commit decided on an older one conflicts.
+    version: Version,
     synced: Vec<Cache>,
 }
 
@@ -63,12 +65,18 @@ pub struct ClusterState {
 impl Inner {
     fn refresh_claim(&mut self, key: &WorkloadKey) {
         let reserved = self.reservations.get(key).map(|r| r.claim.clone());
-        match reserved.unwrap_or_else(|| self.cached.get(key).cloned()) {
+        let shown = reserved.unwrap_or_else(|| self.cached.get(key).cloned());
+        if self.view.claim(key) == shown.as_ref() {
+            // Status churn of a workload that holds the same claim changes nothing decisions read.
+            return;
+        }
+        match shown {
             Some(claim) => self.view.hold(claim),
             None => {
                 self.view.free(key);
             }
         };
+        self.version += 1;
     }
 
     fn expire(&mut self, now: Instant) {
@@ -86,6 +94,7 @@ impl Inner {
 
     fn rebuild_nodes(&mut self) {
         self.view.set_nodes(self.nodes.values().cloned().collect());
+        self.version += 1;
     }
 }
 
@@ -103,6 +112,7 @@ impl ClusterState {
                 cached: HashMap::new(),
                 reservations: HashMap::new(),
                 view: Inventory::default(),
+                version: 0,
                 synced: Vec::new(),
             }),
             metrics,
@@ -120,7 +130,11 @@ impl ClusterState {
     }
 
     pub fn set_policy(&self, policy: Policy) {
-        self.lock().policy = Arc::new(policy);
+        {
+            let mut inner = self.lock();
+            inner.policy = Arc::new(policy);
+            inner.version += 1;
+        }
         self.publish_usage();
     }
 
@@ -252,35 +266,38 @@ impl ClusterState {
 }
 
 impl Backend for ClusterState {
-    fn admit(&self, request: &Request<'_>, dry_run: bool) -> Verdict {
+    fn decide(&self, request: &Request<'_>) -> (Verdict, Version) {
         let mut inner = self.lock();
         inner.expire(Instant::now());
         let verdict = decision::decide(request, &inner.policy, &inner.view);
-        if dry_run {
-            return verdict;
+        (verdict, inner.version)
+    }
+
+    /// Reserves the claim until the cache shows the stored object (or the reservation expires).
+    /// A change the view already shows is not written again.
+    fn commit(&self, change: ClaimChange, based_on: Version) -> Result<(), Conflict> {
+        let mut inner = self.lock();
+        if inner.version != based_on {
+            return Err(Conflict);
         }
-        let change = match &verdict {
-            Verdict::Allowed(m) => m.outcome.claim_change(request.key()),
-            Verdict::Denied(_) => None,
+        let (key, claim) = match change {
+            ClaimChange::Hold(claim) => (claim.key.clone(), Some(claim)),
+            ClaimChange::Free(key) => (key, None),
         };
-        if let Some(change) = change {
-            let key = change.key().clone();
-            let claim = match change {
-                ClaimChange::Hold(claim) => Some(claim),
-                ClaimChange::Free(_) => None,
-            };
-            inner.reservations.insert(
-                key.clone(),
-                Reservation {
-                    claim,
-                    expires: Instant::now() + RESERVATION_TTL,
-                },
-            );
-            // The per-GPU gauges follow the cache, which shows the object a moment later: keeping
-            // them off the admission path.
-            inner.refresh_claim(&key);
+        if inner.view.claim(&key) == claim.as_ref() {
+            return Ok(());
         }
-        verdict
+        inner.reservations.insert(
+            key.clone(),
+            Reservation {
+                claim,
+                expires: Instant::now() + RESERVATION_TTL,
+            },
+        );
+        // The per-GPU gauges follow the cache, which shows the object a moment later: keeping
+        // them off the admission path.
+        inner.refresh_claim(&key);
+        Ok(())
     }
 
     fn ready(&self) -> bool {
@@ -328,7 +345,7 @@ mod tests {
             object,
             old_object: None,
         };
-        state.admit(&request, dry_run)
+        crate::webhook::backend::admit(state, &request, dry_run)
     }
 
     fn assigned(verdict: &Verdict) -> Option<GpuIndex> {
@@ -431,6 +448,42 @@ mod tests {
         let (_, view) = state.snapshot();
         assert!(view.claim(&job).is_none());
         assert!(view.claim(&deployment).is_some());
+    }
+
+    #[test]
+    fn a_commit_decided_on_an_older_view_conflicts() {
+        let state = state(1);
+        let first = deployment("a", 1, 60);
+        let request = Request {
+            operation: Operation::Create,
+            object: &first,
+            old_object: None,
+        };
+        let (verdict, version) = state.decide(&request);
+        let Verdict::Allowed(mutation) = verdict else {
+            panic!("a fits")
+        };
+        // Another admission commits between this one's decision and its commit.
+        assert!(!matches!(
+            admit(&state, &deployment("b", 1, 60), false),
+            Verdict::Denied(_)
+        ));
+        let change = mutation.outcome.claim_change(request.key()).unwrap();
+        assert_eq!(state.commit(change, version), Err(Conflict));
+        // Deciding again sees b: a no longer fits.
+        assert!(matches!(admit(&state, &first, false), Verdict::Denied(_)));
+    }
+
+    #[test]
+    fn a_commit_the_view_already_shows_writes_nothing() {
+        let state = state(1);
+        let a = key(Kind::Deployment, "a");
+        state.apply_claim(a.clone(), Some(claim(a.clone(), 0, 1, 60)));
+        let version = state.lock().version;
+        let change = ClaimChange::Hold(claim(a.clone(), 0, 1, 60));
+        assert_eq!(state.commit(change, version), Ok(()));
+        assert!(!state.lock().reservations.contains_key(&a));
+        assert_eq!(state.lock().version, version, "nothing moved");
     }
 
     #[test]

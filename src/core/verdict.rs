@@ -62,6 +62,8 @@ pub enum Rule {
     Unverifiable,
     /// A change Kubernetes cannot apply to a Job's or a Pod's pod template after creation.
     FixedTemplate,
+    /// The claim could not be committed: other admissions kept changing what it was decided on.
+    Uncommitted,
 }
 
 impl Rule {
@@ -76,13 +78,16 @@ impl Rule {
             Rule::Reserved => "reserved_for_vm",
             Rule::Unverifiable => "unverifiable",
             Rule::FixedTemplate => "fixed_template",
+            Rule::Uncommitted => "uncommitted",
         }
     }
 
-    /// 400 for values that are malformed, 403 for well-formed requests the rules forbid.
+    /// 400 for values that are malformed, 409 for a commitment lost to concurrent admissions,
+    /// 403 for well-formed requests the rules forbid.
     pub fn http_code(self) -> u16 {
         match self {
             Rule::InvalidValue | Rule::UnknownAnnotation => 400,
+            Rule::Uncommitted => 409,
             _ => 403,
         }
     }

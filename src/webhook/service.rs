@@ -7,76 +7,15 @@ use std::time::Instant;
 
 use serde_json::value::RawValue;
 
-use crate::core::decision::{self, Operation, Request};
-use crate::core::inventory::Inventory;
-use crate::core::policy::Policy;
+use crate::core::decision::{Operation, Request};
 use crate::core::verdict::{Outcome, Verdict};
 use crate::core::workload::{JsonObject, Kind, RawObject, Workload};
 use crate::webhook::admission::{
     self, AdmissionRequest, BadReview, GroupVersionKind, ReviewResponse,
 };
+use crate::webhook::backend;
+pub use crate::webhook::backend::{Backend, StandaloneBackend, StaticBackend};
 use crate::webhook::metrics::{Decision, Metrics, RequestLabels};
-
-/// Where decisions are made: a fixed policy and node (standalone) or the cluster's live caches.
-pub trait Backend: Send + Sync {
-    /// Decides one request; unless `dry_run`, an allowed module is recorded so that concurrent
-    /// admissions cannot double-book its GPU.
-    fn admit(&self, request: &Request<'_>, dry_run: bool) -> Verdict;
-    /// Whether every cache this backend reads has synced once.
-    fn ready(&self) -> bool;
-}
-
-/// Standalone mode: one policy, one implicit node, capacity checked per request.
-pub struct StaticBackend {
-    pub policy: Policy,
-    pub inventory: Inventory,
-}
-
-impl Backend for StaticBackend {
-    fn admit(&self, request: &Request<'_>, _dry_run: bool) -> Verdict {
-        decision::decide(request, &self.policy, &self.inventory)
-    }
-
-    fn ready(&self) -> bool {
-        true
-    }
-}
-
-/// Standalone `serve`: a `StaticBackend` whose policy can be swapped when its file changes.
-pub struct StandaloneBackend {
-    current: std::sync::RwLock<Arc<StaticBackend>>,
-}
-
-impl StandaloneBackend {
-    pub fn new(policy: Policy, inventory: Inventory) -> StandaloneBackend {
-        StandaloneBackend {
-            current: std::sync::RwLock::new(Arc::new(StaticBackend { policy, inventory })),
-        }
-    }
-
-    pub fn set_policy(&self, policy: Policy) {
-        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
-        let inventory = current.inventory.clone();
-        *current = Arc::new(StaticBackend { policy, inventory });
-    }
-
-    fn current(&self) -> Arc<StaticBackend> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-}
-
-impl Backend for StandaloneBackend {
-    fn admit(&self, request: &Request<'_>, dry_run: bool) -> Verdict {
-        self.current().admit(request, dry_run)
-    }
-
-    fn ready(&self) -> bool {
-        true
-    }
-}
 
 pub struct AdmissionService {
     pub backend: Arc<dyn Backend>,
@@ -196,7 +135,7 @@ impl AdmissionService {
             old_object: old_workload.as_ref(),
         };
         let dry_run = request.dry_run.unwrap_or(false);
-        let verdict = self.backend.admit(&decision_request, dry_run);
+        let verdict = backend::admit(self.backend.as_ref(), &decision_request, dry_run);
         self.record(&request.uid, &decision_request, dry_run, &verdict, started);
         Ok(ReviewResponse::new(&request.uid, &verdict))
     }
