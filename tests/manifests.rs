@@ -841,7 +841,7 @@ fn shipped_policies_pass_the_strict_policy_parser() {
 // ---------------------------------------------------------------------------------------
 
 #[test]
-fn examples_are_single_deployments_listed_in_the_readme() {
+fn examples_are_single_workloads_listed_in_the_readme() {
     let readme = read(&repo_path("examples/README.md"));
     let policy_keys: BTreeSet<String> = default_policy()
         .as_object()
@@ -889,10 +889,17 @@ fn examples_are_single_deployments_listed_in_the_readme() {
             "examples/README.md must have a row for {file}"
         );
         assert_eq!(documents.len(), 1, "examples/{file} must hold one object");
-        assert_eq!(
-            kind(&documents[0]),
-            "Deployment",
-            "examples/{file} must be a Deployment"
+        assert!(
+            [
+                "Deployment",
+                "StatefulSet",
+                "DaemonSet",
+                "Job",
+                "CronJob",
+                "Pod"
+            ]
+            .contains(&kind(&documents[0])),
+            "examples/{file} must be a workload gpushare examines"
         );
 
         let first_comment = text
