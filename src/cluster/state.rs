@@ -13,7 +13,7 @@ use crate::core::policy::Policy;
 use crate::core::verdict::Verdict;
 use crate::core::workload::{Kind, WorkloadKey};
 use crate::webhook::backend::{Backend, Conflict, Version};
-use crate::webhook::metrics::{CacheLabels, GpuLabels, Metrics};
+use crate::webhook::metrics::{CacheLabels, GpuLabels, KindLabels, Metrics};
 
 /// How long an admitted module is counted before the cache shows it. An object the API server
 /// finally rejected (another webhook, validation) stops counting after this.
@@ -242,9 +242,18 @@ impl ClusterState {
         (inner.policy.clone(), inner.view.clone())
     }
 
-    /// Refreshes the per-GPU gauges.
+    /// Refreshes the per-GPU and per-kind gauges.
     fn publish_usage(&self) {
         let (policy, inventory) = self.snapshot();
+        for kind in Kind::ALL {
+            let count = inventory.claims().filter(|c| c.key.kind == kind).count();
+            self.metrics
+                .modules
+                .get_or_create(&KindLabels {
+                    kind: kind.as_str(),
+                })
+                .set(count as i64);
+        }
         self.metrics.gpu_committed_percentage.clear();
         self.metrics.gpu_clients.clear();
         for row in inventory.table(&policy) {
