@@ -2,6 +2,8 @@
 //! `tests/fixtures/` (CONTRACT section 6): verdict lines, exit codes, input forms and `-o yaml`.
 
 mod common;
+#[path = "cli_check/kinds.rs"]
+mod kinds;
 
 use common::*;
 use serde::Deserialize as _;

@@ -6,6 +6,8 @@
 mod common;
 #[path = "support/fake_apiserver.rs"]
 mod fake_apiserver;
+#[path = "cluster_mode/kinds.rs"]
+mod kinds;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

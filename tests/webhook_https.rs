@@ -1,8 +1,11 @@
 //! The real `gpushare serve --standalone` over HTTPS, driven like the API server drives it:
 //! complete `admission.k8s.io/v1` AdmissionReviews, the returned JSON Patch applied to the object,
-//! and the patched object sent back to prove the mutation is idempotent (CONTRACT sections 3, 4, 6).
+//! and the patched object sent back to prove the mutation is idempotent (CONTRACT sections 3, 4, 6);
+//! `webhook_https/kinds.rs` does the same for every other workload kind (section 2a).
 
 mod common;
+#[path = "webhook_https/kinds.rs"]
+mod kinds;
 
 use std::sync::Arc;
 

@@ -19,7 +19,7 @@ use crate::core::claim::ClaimChange;
 use crate::core::decision::Request;
 use crate::core::verdict::{Denial, Rule, Verdict};
 use crate::core::workload::WorkloadKey;
-use crate::webhook::service::Backend;
+use crate::webhook::backend::Backend;
 
 /// How long an admission may spend recording its commitment: well inside the webhook's
 /// `timeoutSeconds: 5`, so a denial that says why reaches the user instead of a timeout.

@@ -27,8 +27,8 @@ use crate::core::policy::Policy;
 use crate::core::workload::Kind;
 use crate::webhook::metrics::Metrics;
 
-/// The workload kinds whose claims are cached.
-pub const WATCHED: [Kind; 1] = [Kind::Deployment];
+/// The workload kinds whose claims are cached: every kind, so capacity counts every kind.
+pub const WATCHED: [Kind; 7] = Kind::ALL;
 
 /// Splits `NAMESPACE/NAME`.
 pub fn configmap_ref(value: &str) -> anyhow::Result<(String, String)> {

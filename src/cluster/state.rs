@@ -14,7 +14,7 @@ use crate::core::policy::Policy;
 use crate::core::scale;
 use crate::core::verdict::Verdict;
 use crate::core::workload::{Kind, WorkloadKey};
-use crate::webhook::metrics::{CacheLabels, GpuLabels, Metrics};
+use crate::webhook::metrics::{CacheLabels, GpuLabels, KindLabels, Metrics};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Cache {
@@ -64,6 +64,10 @@ impl Inner {
             .get(key)
             .map(|entry| entry.claim.clone())
             .or_else(|| self.stored.get(key).cloned());
+        if self.view.claim(key) == counted.as_ref() {
+            // Status churn of a workload that holds the same claim changes nothing decisions read.
+            return;
+        }
         match counted {
             Some(claim) => self.view.hold(claim),
             None => {
@@ -281,9 +285,18 @@ impl ClusterState {
         (inner.policy.clone(), inner.view.clone())
     }
 
-    /// Refreshes the per-GPU gauges.
+    /// Refreshes the per-GPU and per-kind gauges.
     fn publish_usage(&self) {
         let (policy, inventory) = self.snapshot();
+        for kind in Kind::ALL {
+            let count = inventory.claims().filter(|c| c.key.kind == kind).count();
+            self.metrics
+                .modules
+                .get_or_create(&KindLabels {
+                    kind: kind.as_str(),
+                })
+                .set(count as i64);
+        }
         self.metrics.gpu_committed_percentage.clear();
         self.metrics.gpu_clients.clear();
         for row in inventory.table(&policy) {

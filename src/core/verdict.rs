@@ -82,7 +82,8 @@ impl Rule {
         }
     }
 
-    /// 400 for values that are malformed, 403 for well-formed requests the rules forbid.
+    /// 400 for values that are malformed, 409 for a commitment lost to concurrent admissions,
+    /// 403 for well-formed requests the rules forbid.
     pub fn http_code(self) -> u16 {
         match self {
             Rule::InvalidValue | Rule::UnknownAnnotation => 400,

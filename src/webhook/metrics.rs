@@ -39,6 +39,11 @@ pub struct ResultLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CacheLabels {
     pub cache: &'static str,
 }
@@ -54,6 +59,7 @@ pub struct Metrics {
     pub cache_synced: Family<CacheLabels, Gauge>,
     pub gpu_committed_percentage: Family<GpuLabels, Gauge>,
     pub gpu_clients: Family<GpuLabels, Gauge>,
+    pub modules: Family<KindLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -107,7 +113,7 @@ impl Metrics {
         let cache_synced = Family::<CacheLabels, Gauge>::default();
         registry.register(
             "cache_synced",
-            "1 once a cluster cache (nodes, policy, deployments) has synced",
+            "1 once a cluster cache (nodes, policy, or one workload kind: deployments, jobs, ...) has synced",
             cache_synced.clone(),
         );
         let gpu_committed_percentage = Family::<GpuLabels, Gauge>::default();
@@ -122,8 +128,15 @@ impl Metrics {
             "Client processes assigned per node and GPU",
             gpu_clients.clone(),
         );
+        let modules = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "modules",
+            "Modules holding a GPU, by workload kind",
+            modules.clone(),
+        );
         Metrics {
             registry,
+            modules,
             requests,
             latency,
             bad_requests,

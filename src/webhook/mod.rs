@@ -2,6 +2,7 @@
 //! review with the core's decision, the server with its TLS and the Prometheus metrics.
 
 pub mod admission;
+pub mod backend;
 pub mod metrics;
 pub mod server;
 pub mod service;
