@@ -167,17 +167,55 @@ fn webhooks() -> &'static [Value] {
         .expect("the MutatingWebhookConfiguration has a webhooks list")
 }
 
+/// The webhook for objects (not subresources) with `policy`: managed (Fail) or unmanaged (Ignore).
 fn webhook_with_failure_policy(policy: &str) -> &'static Value {
     let found: Vec<_> = webhooks()
         .iter()
-        .filter(|w| w["failurePolicy"] == policy)
+        .filter(|w| w["failurePolicy"] == policy && w["name"] != SCALE_WEBHOOK)
         .collect();
     assert_eq!(
         found.len(),
         1,
-        "exactly one webhook must have failurePolicy: {policy}"
+        "exactly one object webhook must have failurePolicy: {policy}"
     );
     found[0]
+}
+
+const SCALE_WEBHOOK: &str = "scale.gpushare.io";
+
+fn scale_webhook() -> &'static Value {
+    webhooks()
+        .iter()
+        .find(|w| w["name"] == SCALE_WEBHOOK)
+        .expect("a webhook for the scale subresources")
+}
+
+#[test]
+fn scale_subresources_fail_closed_without_match_conditions() {
+    let webhook = scale_webhook();
+    assert_eq!(
+        webhook["failurePolicy"], "Fail",
+        "capacity is never over-committed through a subresource"
+    );
+    assert!(
+        webhook["matchConditions"].is_null(),
+        "a Scale carries no annotations to match on"
+    );
+    let rules = webhook["rules"].as_array().expect("rules");
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0]["apiGroups"], json!(["apps"]));
+    assert_eq!(rules[0]["operations"], json!(["UPDATE"]));
+    assert_eq!(
+        rules[0]["resources"],
+        json!([
+            "deployments/scale",
+            "replicasets/scale",
+            "statefulsets/scale"
+        ])
+    );
+    assert_eq!(webhook["sideEffects"], "NoneOnDryRun");
+    let excluded = strings(&webhook["namespaceSelector"]["matchExpressions"][0]["values"]);
+    assert!(excluded.contains(&"kube-system") && excluded.contains(&"gpushare-system"));
 }
 
 /// The single matchConditions expression of a webhook, whitespace collapsed.
@@ -304,11 +342,11 @@ fn namespaces_are_set_only_on_namespaced_objects() {
 // ---------------------------------------------------------------------------------------
 
 #[test]
-fn there_are_exactly_two_webhooks_on_the_same_service_path() {
+fn there_are_exactly_three_webhooks_on_the_same_service_path() {
     assert_eq!(
         webhooks().len(),
-        2,
-        "the MutatingWebhookConfiguration must have exactly two webhooks (managed and unmanaged)"
+        3,
+        "the MutatingWebhookConfiguration must have exactly three webhooks (managed, unmanaged, scale)"
     );
     let service = the("Service", NAME);
     let service_ports: Vec<_> = service["spec"]["ports"]
@@ -723,7 +761,12 @@ fn rbac_is_least_privilege() {
         ("batch", "jobs", &["list", "watch"]),
         ("batch", "cronjobs", &["list", "watch"]),
         ("", "pods", &["list", "watch"]),
-        ("", "configmaps", &["list", "watch"]),
+        // The policy (list/watch) and the ledger (get/list/watch/patch, create when missing).
+        (
+            "",
+            "configmaps",
+            &["get", "list", "watch", "patch", "create"],
+        ),
         ("events.k8s.io", "events", &["create", "patch"]),
     ];
     let granted = |group: &str, resource: &str, verb: &str| {
@@ -794,11 +837,15 @@ fn rbac_is_least_privilege() {
                             "Role",
                             "configmaps must be granted by a namespaced Role"
                         );
-                        assert_eq!(
-                            strings(&rule["resourceNames"]),
-                            ["gpushare-policy"],
-                            "configmaps access must be limited to resourceNames [gpushare-policy]"
-                        );
+                        let names = strings(&rule["resourceNames"]);
+                        let expected: &[&str] = match names.as_slice() {
+                            ["gpushare-policy"] => &["list", "watch"],
+                            ["gpushare-ledger"] => &["get", "list", "watch", "patch"],
+                            // create cannot be limited by name (the API server has none yet).
+                            [] => &["create"],
+                            other => panic!("configmaps access limited to {other:?}: only gpushare-policy and gpushare-ledger"),
+                        };
+                        assert_eq!(verbs, expected, "configmaps {names:?}");
                     }
                     if *resource == "events" {
                         assert_eq!(
