@@ -400,14 +400,17 @@ impl Workspace {
 
     fn tls_connector(&self) -> TlsConnector {
         let mut roots = rustls::RootCertStore::empty();
-        for ca in gpushare::tls::load_certs(&self.path("certs/ca.crt")).expect("ca.crt loads") {
+        for ca in
+            gpushare::webhook::tls::load_certs(&self.path("certs/ca.crt")).expect("ca.crt loads")
+        {
             roots.add(ca).expect("the CA is a valid trust anchor");
         }
-        let mut config = rustls::ClientConfig::builder_with_provider(gpushare::tls::provider())
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let mut config =
+            rustls::ClientConfig::builder_with_provider(gpushare::webhook::tls::provider())
+                .with_safe_default_protocol_versions()
+                .expect("ring supports the default versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         TlsConnector::from(Arc::new(config))
     }
@@ -1191,7 +1194,7 @@ async fn run(config: &Config, pinned: bool) -> u64 {
         config.budget
     );
 
-    let mut server = workspace.start_gpushare("warn,gpushare::commands=info", pinned);
+    let mut server = workspace.start_gpushare("warn,gpushare::cli::commands=info", pinned);
     let target = target_for(&server, &workspace, &templates, Check::Verdict);
     let gpushare = run_levels("gpushare RUST_LOG=warn", &target, &mut server, config).await;
     let mut total: u64 = gpushare.iter().map(|r| r.sent).sum();
@@ -1592,7 +1595,7 @@ fn render(run: &Run, config: &Config, pinned: bool, templates: &[Template]) -> R
         }
     );
     let log_note = format!(
-        "gpushare ran with RUST_LOG=warn,gpushare::commands=info ({} bytes of log in total). \
+        "gpushare ran with RUST_LOG=warn,gpushare::cli::commands=info ({} bytes of log in total). \
          Latencies are per request as the load generator sees them (send to complete answer). \
          CPU columns are percent of one core over the measured window: the server, the load \
          generator, and every other process on the machine (above a few percent, other \
@@ -1633,7 +1636,7 @@ mod soak {
     pub async fn run(config: &Config, soak: SoakConfig, pinned: bool) -> u64 {
         let workspace = Workspace::new();
         let templates = Arc::new(Template::all());
-        let mut server = workspace.start_gpushare("warn,gpushare::commands=info", pinned);
+        let mut server = workspace.start_gpushare("warn,gpushare::cli::commands=info", pinned);
         let target = target_for(&server, &workspace, &templates, Check::Verdict);
         let rate = match soak.rate {
             Some(rate) => rate,
@@ -1801,11 +1804,11 @@ mod ceiling {
             .build()
             .expect("the tokio runtime starts");
         runtime.block_on(async move {
-            gpushare::tls::install_default_provider();
-            let cert =
-                gpushare::tls::ReloadingCert::load(&cert, &key).expect("the certificate loads");
-            let tls =
-                gpushare::tls::server_config(Arc::new(cert), None).expect("TLS configuration");
+            gpushare::webhook::tls::install_default_provider();
+            let cert = gpushare::webhook::tls::ReloadingCert::load(&cert, &key)
+                .expect("the certificate loads");
+            let tls = gpushare::webhook::tls::server_config(Arc::new(cert), None)
+                .expect("TLS configuration");
             let answer = fixed_answer();
             let app = axum::Router::new().route(
                 "/mutate",
@@ -1822,12 +1825,12 @@ mod ceiling {
                 .expect("bind");
             let addr = listener.local_addr().expect("a local address");
             eprintln!("listening on https://{addr}");
-            gpushare::server::serve_app(
+            gpushare::webhook::server::serve_app(
                 listener,
                 tls,
                 app,
-                Arc::new(gpushare::metrics::Metrics::new()),
-                gpushare::server::Limits::default(),
+                Arc::new(gpushare::webhook::metrics::Metrics::new()),
+                gpushare::webhook::server::Limits::default(),
                 std::future::pending::<()>(),
             )
             .await;

@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use gpushare::cli::{Cli, Command, LogFormat};
-use gpushare::commands;
+use gpushare::cli::args::{Cli, Command, LogFormat};
+use gpushare::cli::commands;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Command;
 
-use gpushare::policy::Policy;
+use gpushare::core::policy::Policy;
 use render::{
     by_key, differences, have_kubectl, key, kustomize, overlay, parse_documents, read, repo_path,
     show, strings, take, the, Key,

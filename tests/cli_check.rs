@@ -2,6 +2,8 @@
 //! `tests/fixtures/` (CONTRACT section 6): verdict lines, exit codes, input forms and `-o yaml`.
 
 mod common;
+#[path = "cli_check/kinds.rs"]
+mod kinds;
 
 use common::*;
 use serde::Deserialize as _;
@@ -27,7 +29,11 @@ impl Run {
     fn stderr_verdicts(&self) -> Vec<&str> {
         self.stderr
             .lines()
-            .filter(|l| l.starts_with("ALLOWED ") || l.starts_with("DENIED "))
+            .filter(|l| {
+                ["ALLOWED ", "DENIED ", "SKIPPED "]
+                    .iter()
+                    .any(|m| l.starts_with(m))
+            })
             .collect()
     }
 }
@@ -66,11 +72,20 @@ fn all_allowed_exits_0_with_one_line_per_deployment() {
     let lines = run.lines();
     // The Service and the ConfigMap get no line; the namespace defaults to `default`.
     assert_eq!(lines.len(), 3, "{run:?}");
-    assert_eq!(lines[0], "ALLOWED vision/inference gpu=1 mode=mps 20%");
-    assert!(lines[1].starts_with("ALLOWED default/web "), "{run:?}");
+    assert_eq!(
+        lines[0],
+        "ALLOWED vision/Deployment/inference gpu=1 mode=mps 20%"
+    );
+    assert!(
+        lines[1].starts_with("ALLOWED default/Deployment/web "),
+        "{run:?}"
+    );
     assert!(lines[1].contains("gpu=0"), "{run:?}");
     assert!(lines[1].contains("mode=time-slicing"), "{run:?}");
-    assert!(lines[2].starts_with("ALLOWED default/plain"), "{run:?}");
+    assert!(
+        lines[2].starts_with("ALLOWED default/Deployment/plain"),
+        "{run:?}"
+    );
     assert!(
         !lines[2].contains("gpu="),
         "an unmanaged Deployment gets no GPU: {run:?}"
@@ -83,9 +98,12 @@ fn any_denied_exits_1_with_the_reason() {
     assert_eq!(run.code, 1, "{run:?}");
     let lines = run.lines();
     assert_eq!(lines.len(), 2, "{run:?}");
-    assert!(lines[0].starts_with("ALLOWED default/ok gpu=0"), "{run:?}");
+    assert!(
+        lines[0].starts_with("ALLOWED default/Deployment/ok gpu=0"),
+        "{run:?}"
+    );
     let reason = lines[1]
-        .strip_prefix("DENIED default/multi: ")
+        .strip_prefix("DENIED default/Deployment/multi: ")
         .unwrap_or_else(|| panic!("a DENIED line with a reason: {run:?}"));
     assert!(
         reason.contains(GPU),
@@ -167,12 +185,12 @@ fn json_input_and_kind_list_are_unpacked() {
         "the Service in the List gets no line: {json:?}"
     );
     assert!(
-        lines[0].starts_with("ALLOWED default/json-web gpu=0"),
+        lines[0].starts_with("ALLOWED default/Deployment/json-web gpu=0"),
         "{json:?}"
     );
     // `auto` across documents: GPU 0 already has a client, so least-loaded picks GPU 1.
     assert!(
-        lines[1].starts_with("ALLOWED ml/json-multi gpu=1"),
+        lines[1].starts_with("ALLOWED ml/Deployment/json-multi gpu=1"),
         "{json:?}"
     );
 
@@ -180,7 +198,7 @@ fn json_input_and_kind_list_are_unpacked() {
     assert_eq!(yaml.code, 0, "{yaml:?}");
     assert_eq!(yaml.lines().len(), 1, "{yaml:?}");
     assert!(
-        yaml.lines()[0].starts_with("ALLOWED team/listed gpu=1"),
+        yaml.lines()[0].starts_with("ALLOWED team/Deployment/listed gpu=1"),
         "{yaml:?}"
     );
 }
@@ -207,7 +225,7 @@ fn standard_input_is_read_with_a_dash() {
     assert_eq!(mixed.code, 1, "{mixed:?}");
     assert_eq!(mixed.lines().len(), 2, "{mixed:?}");
     assert!(
-        mixed.lines()[1].starts_with("DENIED edge/detect-b: "),
+        mixed.lines()[1].starts_with("DENIED edge/Deployment/detect-b: "),
         "{mixed:?}"
     );
 }
@@ -224,10 +242,19 @@ fn capacity_is_counted_across_documents_and_files() {
     assert_eq!(run.code, 1, "{run:?}");
     let lines = run.lines();
     assert_eq!(lines.len(), 3, "{run:?}");
-    assert_eq!(lines[0], "ALLOWED edge/detect-a gpu=1 mode=mps 60%");
-    assert!(lines[1].starts_with("DENIED edge/detect-b: "), "{run:?}");
+    assert_eq!(
+        lines[0],
+        "ALLOWED edge/Deployment/detect-a gpu=1 mode=mps 60%"
+    );
+    assert!(
+        lines[1].starts_with("DENIED edge/Deployment/detect-b: "),
+        "{run:?}"
+    );
     // A denied module takes no capacity: 60% + 40% fits exactly.
-    assert_eq!(lines[2], "ALLOWED edge/detect-c gpu=1 mode=mps 40%");
+    assert_eq!(
+        lines[2],
+        "ALLOWED edge/Deployment/detect-c gpu=1 mode=mps 40%"
+    );
 
     // The same two modules in two files.
     let run = check(&[
@@ -241,9 +268,12 @@ fn capacity_is_counted_across_documents_and_files() {
     assert_eq!(run.code, 1, "{run:?}");
     let lines = run.lines();
     assert_eq!(lines.len(), 2, "{run:?}");
-    assert_eq!(lines[0], "ALLOWED edge/detect-a gpu=1 mode=mps 60%");
+    assert_eq!(
+        lines[0],
+        "ALLOWED edge/Deployment/detect-a gpu=1 mode=mps 60%"
+    );
     let reason = lines[1]
-        .strip_prefix("DENIED edge/detect-b: ")
+        .strip_prefix("DENIED edge/Deployment/detect-b: ")
         .unwrap_or_else(|| panic!("the second 60% module is denied: {run:?}"));
     assert!(
         reason.contains("100"),
@@ -258,8 +288,14 @@ fn a_later_document_with_the_same_identity_replaces_the_earlier() {
     assert_eq!(run.code, 0, "{run:?}");
     let lines = run.lines();
     assert_eq!(lines.len(), 2, "{run:?}");
-    assert!(lines[0].starts_with("ALLOWED default/web gpu=0"), "{run:?}");
-    assert!(lines[1].starts_with("ALLOWED other/web gpu=0"), "{run:?}");
+    assert!(
+        lines[0].starts_with("ALLOWED default/Deployment/web gpu=0"),
+        "{run:?}"
+    );
+    assert!(
+        lines[1].starts_with("ALLOWED other/Deployment/web gpu=0"),
+        "{run:?}"
+    );
 
     // Across inputs too: a corrected default/multi on stdin replaces the denied one in the file.
     let fixed = fixture_text("check-denied.yaml")
@@ -276,7 +312,7 @@ fn a_later_document_with_the_same_identity_replaces_the_earlier() {
     assert!(
         run.lines()
             .iter()
-            .any(|l| l.starts_with("ALLOWED default/multi gpu=0")),
+            .any(|l| l.starts_with("ALLOWED default/Deployment/multi gpu=0")),
         "{run:?}"
     );
 }
@@ -286,7 +322,7 @@ fn gpus_1_makes_gpu_1_denied() {
     let two = check(&["--gpus", "2", &fixture("check-gpu1.yaml")]);
     assert_eq!(two.code, 0, "{two:?}");
     assert!(
-        two.lines()[0].starts_with("ALLOWED default/second-gpu gpu=1"),
+        two.lines()[0].starts_with("ALLOWED default/Deployment/second-gpu gpu=1"),
         "{two:?}"
     );
 
@@ -294,7 +330,7 @@ fn gpus_1_makes_gpu_1_denied() {
     assert_eq!(one.code, 1, "{one:?}");
     assert_eq!(one.lines().len(), 1, "{one:?}");
     assert!(
-        one.lines()[0].starts_with("DENIED default/second-gpu: "),
+        one.lines()[0].starts_with("DENIED default/Deployment/second-gpu: "),
         "{one:?}"
     );
     assert!(
@@ -327,8 +363,14 @@ fn output_yaml_prints_every_object_and_round_trips() {
 
     let verdicts = run.stderr_verdicts();
     assert_eq!(verdicts.len(), 2, "verdicts go to stderr: {run:?}");
-    assert_eq!(verdicts[0], "ALLOWED vision/inference gpu=1 mode=mps 20%");
-    assert!(verdicts[1].starts_with("DENIED default/multi: "), "{run:?}");
+    assert_eq!(
+        verdicts[0],
+        "ALLOWED vision/Deployment/inference gpu=1 mode=mps 20%"
+    );
+    assert!(
+        verdicts[1].starts_with("DENIED default/Deployment/multi: "),
+        "{run:?}"
+    );
     assert!(
         !run.stdout.contains("ALLOWED ") && !run.stdout.contains("DENIED "),
         "stdout holds only YAML: {run:?}"

@@ -6,6 +6,8 @@
 mod common;
 #[path = "support/fake_apiserver.rs"]
 mod fake_apiserver;
+#[path = "cluster_mode/kinds.rs"]
+mod kinds;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -461,7 +463,7 @@ async fn status_prints_the_table_of_a_seeded_cluster() {
             "no",
             "3/48",
             "-",
-            "default/tracker"
+            "default/Deployment/tracker"
         ]
     );
     assert_eq!(
@@ -473,7 +475,7 @@ async fn status_prints_the_table_of_a_seeded_cluster() {
             "no",
             "2/48",
             "40/100",
-            "default/vision"
+            "default/Deployment/vision"
         ]
     );
 
@@ -485,7 +487,7 @@ async fn status_prints_the_table_of_a_seeded_cluster() {
     );
     let json: Value = serde_json::from_slice(&output.stdout).expect("status -o json is JSON");
     assert_eq!(json[1]["committedMpsPercentage"], 40);
-    assert_eq!(json[1]["modules"], json!(["default/vision"]));
+    assert_eq!(json[1]["modules"], json!(["default/Deployment/vision"]));
 
     cluster.api.stop().await;
     let output = run_with_deadline(

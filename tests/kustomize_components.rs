@@ -76,6 +76,8 @@ fn registrations<'a>(
     out
 }
 
+const SCALE_WEBHOOK: &str = "scale.gpushare.io";
+
 fn webhooks(objects: &[Value]) -> &[Value] {
     the(objects, WEBHOOK_KIND, None)["webhooks"]
         .as_array()
@@ -234,7 +236,26 @@ fn without_match_conditions_one_webhook_takes_every_registered_rule_and_fails_cl
         "the component may change only the webhook configuration: {modified:?}"
     );
 
-    let hooks = webhooks(&rendered);
+    // The scale webhook has no matchConditions to begin with: the component leaves it alone.
+    let object_hooks = |objects: &[Value]| -> Vec<Value> {
+        webhooks(objects)
+            .iter()
+            .filter(|w| w["name"] != SCALE_WEBHOOK)
+            .cloned()
+            .collect()
+    };
+    let scale_of = |objects: &[Value]| {
+        webhooks(objects)
+            .iter()
+            .find(|w| w["name"] == SCALE_WEBHOOK)
+            .cloned()
+    };
+    assert_eq!(
+        scale_of(&rendered),
+        scale_of(&base),
+        "the scale webhook is unchanged"
+    );
+    let hooks = object_hooks(&rendered);
     assert_eq!(
         hooks.len(),
         1,
@@ -252,7 +273,7 @@ fn without_match_conditions_one_webhook_takes_every_registered_rule_and_fails_cl
     );
     assert_eq!(
         registrations(hooks.iter()),
-        registrations(webhooks(&base).iter()),
+        registrations(object_hooks(&base).iter()),
         "the remaining webhook must register every rule the manifests register"
     );
     // Everything but the conditions and the failure policy is the base's managed webhook.
@@ -276,7 +297,7 @@ fn without_match_conditions_one_webhook_takes_every_registered_rule_and_fails_cl
             hook["name"].as_str().expect("a webhook name")
         ),
     );
-    let hooks = webhooks(&fail_open);
+    let hooks = object_hooks(&fail_open);
     assert_eq!(hooks.len(), 1);
     assert_eq!(hooks[0]["failurePolicy"], "Ignore");
 }

@@ -167,17 +167,55 @@ fn webhooks() -> &'static [Value] {
         .expect("the MutatingWebhookConfiguration has a webhooks list")
 }
 
+/// The webhook for objects (not subresources) with `policy`: managed (Fail) or unmanaged (Ignore).
 fn webhook_with_failure_policy(policy: &str) -> &'static Value {
     let found: Vec<_> = webhooks()
         .iter()
-        .filter(|w| w["failurePolicy"] == policy)
+        .filter(|w| w["failurePolicy"] == policy && w["name"] != SCALE_WEBHOOK)
         .collect();
     assert_eq!(
         found.len(),
         1,
-        "exactly one webhook must have failurePolicy: {policy}"
+        "exactly one object webhook must have failurePolicy: {policy}"
     );
     found[0]
+}
+
+const SCALE_WEBHOOK: &str = "scale.gpushare.io";
+
+fn scale_webhook() -> &'static Value {
+    webhooks()
+        .iter()
+        .find(|w| w["name"] == SCALE_WEBHOOK)
+        .expect("a webhook for the scale subresources")
+}
+
+#[test]
+fn scale_subresources_fail_closed_without_match_conditions() {
+    let webhook = scale_webhook();
+    assert_eq!(
+        webhook["failurePolicy"], "Fail",
+        "capacity is never over-committed through a subresource"
+    );
+    assert!(
+        webhook["matchConditions"].is_null(),
+        "a Scale carries no annotations to match on"
+    );
+    let rules = webhook["rules"].as_array().expect("rules");
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0]["apiGroups"], json!(["apps"]));
+    assert_eq!(rules[0]["operations"], json!(["UPDATE"]));
+    assert_eq!(
+        rules[0]["resources"],
+        json!([
+            "deployments/scale",
+            "replicasets/scale",
+            "statefulsets/scale"
+        ])
+    );
+    assert_eq!(webhook["sideEffects"], "NoneOnDryRun");
+    let excluded = strings(&webhook["namespaceSelector"]["matchExpressions"][0]["values"]);
+    assert!(excluded.contains(&"kube-system") && excluded.contains(&"gpushare-system"));
 }
 
 /// The single matchConditions expression of a webhook, whitespace collapsed.
@@ -304,11 +342,11 @@ fn namespaces_are_set_only_on_namespaced_objects() {
 // ---------------------------------------------------------------------------------------
 
 #[test]
-fn there_are_exactly_two_webhooks_on_the_same_service_path() {
+fn there_are_exactly_three_webhooks_on_the_same_service_path() {
     assert_eq!(
         webhooks().len(),
-        2,
-        "the MutatingWebhookConfiguration must have exactly two webhooks (managed and unmanaged)"
+        3,
+        "the MutatingWebhookConfiguration must have exactly three webhooks (managed, unmanaged, scale)"
     );
     let service = the("Service", NAME);
     let service_ports: Vec<_> = service["spec"]["ports"]
@@ -378,15 +416,34 @@ fn managed_webhook_fails_closed_and_unmanaged_fails_open() {
         managed_expr.contains("'gpushare.io/'") || managed_expr.contains("\"gpushare.io/\""),
         "the managed webhook's matchConditions must test for gpushare.io/ annotations: {managed_expr}"
     );
+    // Every place a kind of CONTRACT section 2a keeps its annotations: the object's metadata
+    // (a Pod's only one), the pod template's, and a CronJob's job template's pod template's.
     for path in [
         "object.metadata.annotations",
         "object.spec.template.metadata.annotations",
+        "object.spec.jobTemplate.spec.template.metadata.annotations",
     ] {
         assert!(
             managed_expr.contains(&format!("has({path})")),
             "the managed webhook's expression must look at (and guard with has()) {path}"
         );
+        assert!(
+            managed_expr.contains(&format!("{path}.exists(k, k.startsWith('gpushare.io/'))")),
+            "the managed webhook's expression must test {path} for gpushare.io/ keys"
+        );
     }
+    // Controller-owned objects are not examined (their controller's template was): they stay out
+    // of the fail-closed webhook, so an outage never stops controllers from creating pods.
+    assert!(
+        managed_expr.contains("has(object.metadata.ownerReferences)")
+            && managed_expr.contains("exists(r, has(r.controller) && r.controller)"),
+        "the managed webhook's expression must leave out controller-owned objects: {managed_expr}"
+    );
+    let depth = managed_expr.chars().try_fold(0i32, |depth, c| {
+        let depth = depth + i32::from(c == '(') - i32::from(c == ')');
+        (depth >= 0).then_some(depth)
+    });
+    assert_eq!(depth, Some(0), "unbalanced parentheses: {managed_expr}");
     assert!(
         !managed_expr.contains(".?") && !managed_expr.contains("?."),
         "the matchConditions expression must not rely on CEL optional syntax"
@@ -395,7 +452,7 @@ fn managed_webhook_fails_closed_and_unmanaged_fails_open() {
     assert!(
         negations.contains(&unmanaged_expr),
         "the unmanaged webhook's expression must be exactly the negation of the managed one, \
-         so every Deployment goes to exactly one webhook\n managed:   {managed_expr}\n unmanaged: {unmanaged_expr}"
+         so every object goes to exactly one webhook\n managed:   {managed_expr}\n unmanaged: {unmanaged_expr}"
     );
 }
 
@@ -450,40 +507,67 @@ fn webhooks_never_match_kube_system_or_gpushare_system() {
     }
 }
 
-#[test]
-fn webhooks_only_see_create_and_update_of_apps_deployments() {
-    for webhook in webhooks() {
-        let name = &webhook["name"];
-        let rules = webhook["rules"].as_array().expect("a webhook has rules");
-        assert!(!rules.is_empty(), "webhook {name} must have rules");
-        for rule in rules {
-            assert_eq!(
-                strings(&rule["apiGroups"]),
-                ["apps"],
-                "webhook {name}: apiGroups must be [apps]"
-            );
-            assert_eq!(
-                strings(&rule["apiVersions"]),
-                ["v1"],
-                "webhook {name}: apiVersions must be [v1]"
-            );
-            assert_eq!(
-                strings(&rule["resources"]),
-                ["deployments"],
-                "webhook {name}: resources must be [deployments] (no subresources, no wildcard)"
-            );
-            let operations: BTreeSet<_> = strings(&rule["operations"]).into_iter().collect();
-            assert_eq!(
-                operations,
-                BTreeSet::from(["CREATE", "UPDATE"]),
-                "webhook {name}: operations must be exactly CREATE and UPDATE"
-            );
-            assert_eq!(
-                rule["scope"], "Namespaced",
-                "webhook {name}: scope must be Namespaced"
-            );
+/// The (group, resources) each webhook is registered for: every kind of CONTRACT section 2a on
+/// the managed webhook, the same but Pods on the unmanaged one.
+fn registered(webhook: &Value) -> BTreeSet<(String, String)> {
+    let name = &webhook["name"];
+    let rules = webhook["rules"].as_array().expect("a webhook has rules");
+    assert!(!rules.is_empty(), "webhook {name} must have rules");
+    let mut registered = BTreeSet::new();
+    for rule in rules {
+        assert_eq!(
+            strings(&rule["apiVersions"]),
+            ["v1"],
+            "webhook {name}: apiVersions must be [v1]"
+        );
+        let operations: BTreeSet<_> = strings(&rule["operations"]).into_iter().collect();
+        assert_eq!(
+            operations,
+            BTreeSet::from(["CREATE", "UPDATE"]),
+            "webhook {name}: operations must be exactly CREATE and UPDATE"
+        );
+        assert_eq!(
+            rule["scope"], "Namespaced",
+            "webhook {name}: scope must be Namespaced"
+        );
+        for group in strings(&rule["apiGroups"]) {
+            for resource in strings(&rule["resources"]) {
+                assert!(
+                    !resource.contains('*') && !resource.contains('/') && group != "*",
+                    "webhook {name}: no wildcards and no subresources ({group}/{resource})"
+                );
+                registered.insert((group.to_string(), resource.to_string()));
+            }
         }
     }
+    registered
+}
+
+#[test]
+fn webhooks_see_create_and_update_of_every_workload_kind_and_pods_only_when_managed() {
+    let kinds: BTreeSet<(String, String)> = [
+        ("apps", "deployments"),
+        ("apps", "replicasets"),
+        ("apps", "statefulsets"),
+        ("apps", "daemonsets"),
+        ("batch", "jobs"),
+        ("batch", "cronjobs"),
+    ]
+    .iter()
+    .map(|(g, r)| (g.to_string(), r.to_string()))
+    .collect();
+    let mut with_pods = kinds.clone();
+    with_pods.insert((String::new(), "pods".to_string()));
+    assert_eq!(
+        registered(webhook_with_failure_policy("Fail")),
+        with_pods,
+        "the managed webhook covers every kind gpushare examines, Pods included"
+    );
+    assert_eq!(
+        registered(webhook_with_failure_policy("Ignore")),
+        kinds,
+        "the unmanaged webhook covers the same kinds but never Pods"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -671,7 +755,18 @@ fn rbac_is_least_privilege() {
     let allowed: &[(&str, &str, &[&str])] = &[
         ("", "nodes", &["list", "watch"]),
         ("apps", "deployments", &["list", "watch"]),
-        ("", "configmaps", &["list", "watch"]),
+        ("apps", "replicasets", &["list", "watch"]),
+        ("apps", "statefulsets", &["list", "watch"]),
+        ("apps", "daemonsets", &["list", "watch"]),
+        ("batch", "jobs", &["list", "watch"]),
+        ("batch", "cronjobs", &["list", "watch"]),
+        ("", "pods", &["list", "watch"]),
+        // The policy (list/watch) and the ledger (get/list/watch/patch, create when missing).
+        (
+            "",
+            "configmaps",
+            &["get", "list", "watch", "patch", "create"],
+        ),
         ("events.k8s.io", "events", &["create", "patch"]),
     ];
     let granted = |group: &str, resource: &str, verb: &str| {
@@ -742,11 +837,15 @@ fn rbac_is_least_privilege() {
                             "Role",
                             "configmaps must be granted by a namespaced Role"
                         );
-                        assert_eq!(
-                            strings(&rule["resourceNames"]),
-                            ["gpushare-policy"],
-                            "configmaps access must be limited to resourceNames [gpushare-policy]"
-                        );
+                        let names = strings(&rule["resourceNames"]);
+                        let expected: &[&str] = match names.as_slice() {
+                            ["gpushare-policy"] => &["list", "watch"],
+                            ["gpushare-ledger"] => &["get", "list", "watch", "patch"],
+                            // create cannot be limited by name (the API server has none yet).
+                            [] => &["create"],
+                            other => panic!("configmaps access limited to {other:?}: only gpushare-policy and gpushare-ledger"),
+                        };
+                        assert_eq!(verbs, expected, "configmaps {names:?}");
                     }
                     if *resource == "events" {
                         assert_eq!(
@@ -817,7 +916,7 @@ fn policy_config_map_holds_the_default_policy() {
 /// the shipped policy and find it equal to the embedded default, and accept the example policy.
 #[test]
 fn shipped_policies_pass_the_strict_policy_parser() {
-    use gpushare::policy::Policy;
+    use gpushare::core::policy::Policy;
 
     let config_map = the("ConfigMap", "gpushare-policy");
     let text = config_map["data"]["policy.yaml"]
@@ -841,7 +940,7 @@ fn shipped_policies_pass_the_strict_policy_parser() {
 // ---------------------------------------------------------------------------------------
 
 #[test]
-fn examples_are_single_deployments_listed_in_the_readme() {
+fn examples_are_single_workloads_listed_in_the_readme() {
     let readme = read(&repo_path("examples/README.md"));
     let policy_keys: BTreeSet<String> = default_policy()
         .as_object()
@@ -889,10 +988,17 @@ fn examples_are_single_deployments_listed_in_the_readme() {
             "examples/README.md must have a row for {file}"
         );
         assert_eq!(documents.len(), 1, "examples/{file} must hold one object");
-        assert_eq!(
-            kind(&documents[0]),
-            "Deployment",
-            "examples/{file} must be a Deployment"
+        assert!(
+            [
+                "Deployment",
+                "StatefulSet",
+                "DaemonSet",
+                "Job",
+                "CronJob",
+                "Pod"
+            ]
+            .contains(&kind(&documents[0])),
+            "examples/{file} must be a workload gpushare examines"
         );
 
         let first_comment = text

@@ -13,12 +13,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use base64::Engine as _;
-use gpushare::admission::{Response, ReviewResponse, API_VERSION, KIND};
-use gpushare::check::{check, parse_documents, Document};
-use gpushare::inventory::Inventory;
-use gpushare::metrics::Metrics;
-use gpushare::policy::Policy;
-use gpushare::service::{AdmissionService, StaticBackend};
+use gpushare::cli::check::{check, parse_documents, Document, Mark};
+use gpushare::core::inventory::Inventory;
+use gpushare::core::policy::Policy;
+use gpushare::core::workload::Kind;
+use gpushare::webhook::admission::{Response, ReviewResponse, API_VERSION, KIND};
+use gpushare::webhook::metrics::Metrics;
+use gpushare::webhook::service::{AdmissionService, StaticBackend};
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
 use serde_json::{json, Value};
@@ -142,9 +143,7 @@ fn apply(object: &Value, patch: &Value) -> Result<Value, String> {
 /// Sends a review through one service: the well-formed answer, or why it is not.
 fn answer(s: &Service, review: &Value) -> Result<(Response, Option<Value>), String> {
     let body = serde_json::to_vec(review).expect("a Value serializes");
-    let answer = s
-        .service
-        .review(&body)
+    let answer = futures::executor::block_on(s.service.review(&body))
         .map_err(|e| format!("a well-formed review was rejected: {e}"))?;
     well_formed(&answer)
 }
@@ -162,12 +161,16 @@ fn effective_namespace(review: &Value) -> &str {
         .unwrap_or("default")
 }
 
-/// Whether gpushare decides this request at all (CREATE or UPDATE of an apps Deployment).
-fn handled(review: &Value) -> bool {
+/// The kind gpushare decides this request for, if any (CREATE or UPDATE of a workload kind).
+fn handled(review: &Value) -> Option<Kind> {
     let at = |p| review.pointer(p).and_then(Value::as_str);
-    matches!(at("/request/operation"), Some("CREATE" | "UPDATE"))
-        && at("/request/kind/group") == Some("apps")
-        && at("/request/kind/kind") == Some("Deployment")
+    if !matches!(at("/request/operation"), Some("CREATE" | "UPDATE")) {
+        return None;
+    }
+    Kind::from_group_kind(
+        at("/request/kind/group").unwrap_or_default(),
+        at("/request/kind/kind").unwrap_or_default(),
+    )
 }
 
 /// Property (b) for one review and one service: an answer for the same uid; unhandled requests
@@ -179,18 +182,22 @@ fn check_review(s: &Service, review: &Value) -> Result<(), String> {
     if Some(response.uid.as_str()) != uid {
         return Err(format!("uid {uid:?} answered as {:?}", response.uid));
     }
-    let untouched = !handled(review) || s.policy.is_excluded(effective_namespace(review));
+    let kind = handled(review);
+    let untouched = kind.is_none() || s.policy.is_excluded(effective_namespace(review));
     if untouched && !(response.allowed && patch.is_none()) {
         return Err("an unhandled request or excluded namespace was not allowed unchanged".into());
     }
     let Some(patch) = patch else { return Ok(()) };
+    // A Pod is its own pod template; every other kind keeps one under its spec.
+    let template = match kind {
+        Some(Kind::Pod) => "/spec/",
+        Some(Kind::CronJob) => "/spec/jobTemplate/spec/template/",
+        _ => "/spec/template/",
+    };
     for op in patch.as_array().ok_or("the patch is not an array")? {
         let path = op.get("path").and_then(Value::as_str).unwrap_or("");
         // `/metadata` itself is added whole when the object has none.
-        if !(path == "/metadata"
-            || path.starts_with("/metadata/")
-            || path.starts_with("/spec/template/"))
-        {
+        if !(path == "/metadata" || path.starts_with("/metadata/") || path.starts_with(template)) {
             return Err(format!(
                 "the patch writes outside metadata and the pod template: {op}"
             ));
@@ -595,6 +602,14 @@ fn review() -> impl Strategy<Value = (Value, Old)> {
         ),
         (
             1,
+            json!({ "group": "batch", "version": "v1", "kind": "Job" }),
+        ),
+        (
+            1,
+            json!({ "group": "apps", "version": "v1", "kind": "DaemonSet" }),
+        ),
+        (
+            1,
             json!({ "group": "extensions", "version": "v1beta1", "kind": "Deployment" }),
         ),
     ]);
@@ -740,7 +755,7 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..2048)) {
         for s in services() {
-            if let Ok(answer) = s.service.review(&body) {
+            if let Ok(answer) = futures::executor::block_on(s.service.review(&body)) {
                 well_formed(&answer).map_err(TestCaseError::fail)?;
             }
         }
@@ -766,7 +781,7 @@ proptest! {
     ) {
         let body = mutate(serde_json::to_vec(&review).expect("serializes"), &edits);
         for s in services() {
-            if let Ok(answer) = s.service.review(&body) {
+            if let Ok(answer) = futures::executor::block_on(s.service.review(&body)) {
                 well_formed(&answer)
                     .map_err(|e| TestCaseError::fail(format!("policy {}: {e}", s.name)))?;
             }
@@ -914,7 +929,7 @@ fn a_deployment_whose_spec_is_an_array_is_a_bad_request() {
     let body = serde_json::to_vec(&regression_review("deployment-spec-as-array.json"))
         .expect("serializes");
     for s in services() {
-        let error = s.service.review(&body).expect_err("HTTP 400");
+        let error = futures::executor::block_on(s.service.review(&body)).expect_err("HTTP 400");
         assert!(error.to_string().contains("expected an object"), "{error}");
     }
 }
@@ -938,9 +953,10 @@ fn capacity_with_huge_replicas_does_not_overflow() {
     let policy = Policy::from_yaml(&read(&fixture("policy-gpu1-mps.yaml"))).expect("valid");
     let report = check(documents, &policy, Inventory::standalone(Some(2)));
     assert_eq!(report.lines.len(), 2);
-    assert!(report.lines[0].allowed, "{:?}", report.lines[0]);
-    assert!(
-        !report.lines[1].allowed,
+    assert_eq!(report.lines[0].mark, Mark::Allowed, "{:?}", report.lines[0]);
+    assert_eq!(
+        report.lines[1].mark,
+        Mark::Denied,
         "over capacity: {:?}",
         report.lines[1]
     );

@@ -1,8 +1,11 @@
 //! The real `gpushare serve --standalone` over HTTPS, driven like the API server drives it:
 //! complete `admission.k8s.io/v1` AdmissionReviews, the returned JSON Patch applied to the object,
-//! and the patched object sent back to prove the mutation is idempotent (CONTRACT sections 3, 4, 6).
+//! and the patched object sent back to prove the mutation is idempotent (CONTRACT sections 3, 4, 6);
+//! `webhook_https/kinds.rs` does the same for every other workload kind (section 2a).
 
 mod common;
+#[path = "webhook_https/kinds.rs"]
+mod kinds;
 
 use std::sync::Arc;
 
@@ -278,12 +281,30 @@ async fn dry_run_gets_the_same_answer() {
 }
 
 #[tokio::test]
-async fn pods_and_deletes_are_allowed_unchanged() {
+async fn foreign_kinds_controlled_pods_and_deletes_are_allowed_unchanged() {
     let server = Server::start(&[]);
-    // A Pod carrying an annotation that would be denied on a Deployment.
+    // A bare Pod is examined: two GPUs are denied, as on a Deployment.
     let pod = fixture_json("pod-gpu.json");
     server
-        .review(&Review::pod("CREATE", pod).to_json())
+        .review(&Review::pod("CREATE", pod.clone()).to_json())
+        .await
+        .assert_denied(403, GPU);
+    // The same Pod created by a ReplicaSet is not: its controller's template was.
+    let mut owned = pod;
+    owned["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "name": "gpu-5d4f", "uid": "2c5e1f0a-7b3d-4e8a-9f61-0d2c4b6a8e10", "controller": true}]);
+    server
+        .review(&Review::pod("CREATE", owned).to_json())
+        .await
+        .assert_allowed_unchanged();
+    // A kind gpushare does not examine, with an annotation that would be denied.
+    let mut foreign = Review::create(web(&[(GPU, "0,1")]));
+    foreign.group = "argoproj.io".into();
+    foreign.version = "v1alpha1".into();
+    foreign.kind = "Rollout".into();
+    foreign.resource = "rollouts".into();
+    server
+        .review(&foreign.to_json())
         .await
         .assert_allowed_unchanged();
 

@@ -4,10 +4,10 @@
 
 use std::sync::{Arc, OnceLock};
 
-use gpushare::inventory::Inventory;
-use gpushare::metrics::Metrics;
-use gpushare::policy::Policy;
-use gpushare::service::{AdmissionService, StaticBackend};
+use gpushare::core::inventory::Inventory;
+use gpushare::webhook::metrics::Metrics;
+use gpushare::core::policy::Policy;
+use gpushare::webhook::service::{AdmissionService, StaticBackend};
 
 /// GPU 1 in mps, and every optional mutation switched on.
 pub const MPS_POLICY: &str = r#"

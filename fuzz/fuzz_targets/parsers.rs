@@ -8,19 +8,20 @@
 //! - 2: manifests, `check::parse_documents`;
 //! - 3: manifests through the whole `gpushare check` core, under the policy the option picks.
 //!
-//! Errors are fine; panics are crashes, and so are verdict lines that do not start with
-//! `ALLOWED ` or `DENIED `, or report an internal error (a patch that does not apply).
+//! Errors are fine; panics are crashes, and so are verdict lines that do not start with their
+//! mark (`ALLOWED `, `DENIED `, `SKIPPED `), or report an internal error (a patch that does not
+//! apply).
 #![no_main]
 
 mod common;
 
 use std::collections::BTreeMap;
 
-use gpushare::annotations::UserAnnotations;
-use gpushare::check::{self, Document};
-use gpushare::domain::GpuIndex;
-use gpushare::inventory::Inventory;
-use gpushare::policy::{GpuChoice, Policy};
+use gpushare::core::annotations::UserAnnotations;
+use gpushare::cli::check::{self, Document};
+use gpushare::core::domain::GpuIndex;
+use gpushare::core::inventory::Inventory;
+use gpushare::core::policy::{GpuChoice, Policy};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -67,7 +68,10 @@ fn annotations(text: &str, options: u8) {
         2 => GpuChoice::Index(GpuIndex(1)),
         _ => GpuChoice::Index(GpuIndex(u32::MAX)),
     };
-    let Ok(user) = UserAnnotations::collect(metadata, template) else {
+    let Ok(user) = UserAnnotations::merge([
+        ("metadata", metadata),
+        ("spec.template.metadata", template),
+    ]) else {
         return;
     };
     match user.parse(default_gpu) {
@@ -99,9 +103,9 @@ fn check_core(text: &str, options: u8) {
     let report = check::check(documents, policy, Inventory::standalone(Some(2)));
     let _ = check::to_yaml(&report.objects);
     for line in &report.lines {
-        let prefix = if line.allowed { "ALLOWED " } else { "DENIED " };
+        let prefix = format!("{} ", line.mark.as_str());
         assert!(
-            line.text.starts_with(prefix),
+            line.text.starts_with(&prefix),
             "verdict line {:?}",
             line.text
         );

@@ -8,8 +8,8 @@
 mod common;
 
 use base64::Engine as _;
-use gpushare::admission::{ReviewResponse, API_VERSION, KIND};
-use gpushare::service::AdmissionService;
+use gpushare::webhook::admission::{ReviewResponse, API_VERSION, KIND};
+use gpushare::webhook::service::AdmissionService;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 

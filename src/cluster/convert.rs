@@ -1,18 +1,17 @@
-//! Turns Kubernetes objects into the inventory's terms: a Node's GPU count and labels, and a
-//! Deployment's committed allocation (from the annotations gpushare wrote on it).
+//! Turns Kubernetes objects into the core's terms: a Node's GPU count and labels, and a stored
+//! workload of any kind as the kind-neutral view, whose claim the core reads back from the
+//! annotations gpushare wrote on it.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::Deployment as K8sDeployment;
 use k8s_openapi::api::core::v1::Node as K8sNode;
+use kube::core::{ApiResource, DynamicObject};
+use serde::Deserialize as _;
 
-use crate::annotations::{
-    self, UserAnnotations, ASSIGNED_GPU, ASSIGNED_MODE, ASSIGNED_MPS_PERCENTAGE,
-};
-use crate::domain::{GpuIndex, Mode, Percentage};
-use crate::inventory::{Module, ModuleKey, Node, Placement};
-use crate::verdict::Assignment;
-use crate::workload::Deployment;
+use crate::core::claim::Claim;
+use crate::core::inventory::Node;
+use crate::core::workload::wire::{ObjectMeta, OwnerReference};
+use crate::core::workload::{Kind, RawObject, Workload, WorkloadKey};
 
 pub const GPU_COUNT_LABEL: &str = "nvidia.com/gpu.count";
 pub const GPU_REPLICAS_LABEL: &str = "nvidia.com/gpu.replicas";
@@ -48,66 +47,65 @@ pub fn node(object: &K8sNode) -> Node {
     }
 }
 
-pub fn module_key(object: &K8sDeployment) -> ModuleKey {
-    ModuleKey {
-        namespace: object
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into()),
-        name: object.metadata.name.clone().unwrap_or_default(),
+/// The API resource of a workload kind, for a dynamic watch.
+pub fn api_resource(kind: Kind) -> ApiResource {
+    let api_version = match kind.group() {
+        "" => kind.version().to_string(),
+        group => format!("{group}/{}", kind.version()),
+    };
+    ApiResource {
+        group: kind.group().into(),
+        version: kind.version().into(),
+        api_version,
+        kind: kind.as_str().into(),
+        plural: kind.plural().into(),
     }
 }
 
-/// The allocation a Deployment holds, if gpushare assigned it a GPU.
-pub fn module(object: &K8sDeployment) -> Option<Module> {
-    let assigned = object.metadata.annotations.as_ref()?;
-    let gpu = GpuIndex(assigned.get(ASSIGNED_GPU)?.trim().parse().ok()?);
-    let mode = Mode::parse(assigned.get(ASSIGNED_MODE)?.trim())?;
-    let percentage = match mode {
-        Mode::Mps => Some(
-            assigned
-                .get(ASSIGNED_MPS_PERCENTAGE)
-                .and_then(|p| p.trim().parse().ok())
-                .and_then(Percentage::new)?,
-        ),
-        Mode::TimeSlicing => None,
-    };
-    // The decision reads our own typed view; going through JSON keeps one parser for both.
-    let view: Deployment = serde_json::to_value(object)
-        .ok()
-        .and_then(|v| serde_json::from_value(v).ok())?;
-    let workload = view.workload();
-    let containers = &workload.template.spec.containers;
-    let selected = UserAnnotations::collect(
-        workload.metadata.annotations.as_ref(),
-        workload.template.annotations(),
+/// The key of a watched object.
+pub fn key(kind: Kind, object: &DynamicObject) -> WorkloadKey {
+    let meta = &object.metadata;
+    WorkloadKey::new(
+        kind,
+        meta.namespace.as_deref().unwrap_or("default"),
+        meta.name.as_deref().unwrap_or_default(),
     )
-    .ok()
-    .and_then(|user| user.get(annotations::CONTAINERS))
-    .map(|list| {
-        let names: Vec<&str> = list.split(',').map(str::trim).collect();
-        containers
+}
+
+/// A watched object in the core's terms: the metadata kube already parsed, the spec and status
+/// read into the same wire view admissions use.
+pub fn workload(kind: Kind, object: &DynamicObject) -> Result<Workload, serde_json::Error> {
+    let mut raw = RawObject::deserialize(&object.data)?;
+    let meta = &object.metadata;
+    raw.metadata = ObjectMeta {
+        present: true,
+        name: meta.name.clone().unwrap_or_default(),
+        generate_name: meta.generate_name.clone().unwrap_or_default(),
+        namespace: meta.namespace.clone().unwrap_or_default(),
+        annotations: meta.annotations.clone(),
+        owner_references: meta
+            .owner_references
             .iter()
-            .filter(|c| names.contains(&c.name.as_str()))
-            .count()
-    })
-    .unwrap_or(containers.len()) as u32;
-    let replicas = workload.replicas;
-    Some(Module {
-        placement: Placement {
-            node_selector: workload.template.spec.node_selector.clone(),
-            node_name: workload.template.spec.node_name.clone(),
-        },
-        assignment: Assignment {
-            gpu,
-            mode,
-            percentage,
-            memory_limit: None,
-            replicas,
-            clients: replicas.saturating_mul(selected),
-        },
-    })
+            .flatten()
+            .map(|owner| OwnerReference {
+                kind: owner.kind.clone(),
+                name: owner.name.clone(),
+                controller: owner.controller.unwrap_or(false),
+            })
+            .collect(),
+    };
+    Ok(Workload::from_raw(kind, raw))
+}
+
+/// What a stored workload holds (`None`: nothing, or an object that does not read as its kind).
+pub fn claim(kind: Kind, object: &DynamicObject) -> Option<Claim> {
+    match workload(kind, object) {
+        Ok(workload) => Claim::of_stored(&workload),
+        Err(error) => {
+            tracing::warn!(object = %key(kind, object), %error, "a stored object does not read as its kind; not counted");
+            None
+        }
+    }
 }
 
 #[cfg(test)]
@@ -137,24 +135,38 @@ mod tests {
     }
 
     #[test]
-    fn module_counts_replicas_times_selected_containers() {
-        let d: K8sDeployment = serde_json::from_value(serde_json::json!({
+    fn a_watched_object_reads_like_an_admitted_one() {
+        let object: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "batch/v1", "kind": "Job",
             "metadata": {"name": "m", "namespace": "ns", "annotations": {
                 "gpushare.io/containers": "a,b",
                 "gpushare.io/assigned-gpu": "1", "gpushare.io/assigned-mode": "mps",
                 "gpushare.io/assigned-mps-percentage": "20"}},
-            "spec": {"replicas": 3, "selector": {}, "template": {"spec": {"containers": [
+            "spec": {"parallelism": 3, "template": {"spec": {"containers": [
                 {"name": "a"}, {"name": "b"}, {"name": "c"}], "nodeSelector": {"edge": "1"}}}}
         }))
         .unwrap();
-        let m = module(&d).unwrap();
-        assert_eq!(m.assignment.gpu, GpuIndex(1));
-        assert_eq!(m.assignment.clients, 6);
-        assert_eq!(m.assignment.committed_percentage(), 60);
+        let job = claim(Kind::Job, &object).unwrap();
+        assert_eq!(job.key.to_string(), "ns/Job/m");
+        assert_eq!((job.clients(), job.committed_percentage()), (6, 60));
         assert_eq!(
-            m.placement.node_selector.get("edge").map(String::as_str),
+            job.placement.node_selector.get("edge").map(String::as_str),
             Some("1")
         );
-        assert_eq!(module_key(&d).to_string(), "ns/m");
+        let owned: DynamicObject = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "annotations": {"gpushare.io/assigned-gpu": "0",
+                "gpushare.io/assigned-mode": "time-slicing"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs",
+                    "uid": "u", "controller": true}]},
+            "spec": {"containers": [{"name": "c"}]}
+        }))
+        .unwrap();
+        assert_eq!(
+            claim(Kind::Pod, &owned),
+            None,
+            "the controller counts, not its pods"
+        );
+        assert_eq!(api_resource(Kind::CronJob).api_version, "batch/v1");
+        assert_eq!(api_resource(Kind::Pod).api_version, "v1");
     }
 }

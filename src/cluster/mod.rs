@@ -1,24 +1,34 @@
-//! Cluster mode: watch-driven caches of nodes, the policy ConfigMap and managed Deployments feed
-//! the decision core; admission reads them and never calls the API server.
+//! Cluster mode: watch-driven caches of nodes, the policy ConfigMap, the ledger of commitments and
+//! the claims of workloads of every kind feed the decision core. Admission reads them; the only
+//! API call on its path is the one ledger write an allocation change needs (`commit`).
 
+pub mod commit;
 mod convert;
+pub mod ledger;
 mod state;
 mod watch;
 
-use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::api::ListParams;
+use kube::core::DynamicObject;
 use kube::{Api, Client};
 
-pub use state::{Cache, ClusterState, RESERVATION_TTL};
+pub use commit::{ClusterBackend, Committer};
+pub use state::{Cache, ClusterState};
 
-use crate::inventory::Inventory;
-use crate::metrics::Metrics;
-use crate::policy::Policy;
+/// The ConfigMap of commitments, in the namespace of the policy ConfigMap.
+pub const LEDGER_CONFIGMAP: &str = "gpushare-ledger";
+
+use crate::core::inventory::Inventory;
+use crate::core::policy::Policy;
+use crate::core::workload::Kind;
+use crate::webhook::metrics::Metrics;
+
+/// The workload kinds whose claims are cached: every kind, so capacity counts every kind.
+pub const WATCHED: [Kind; 7] = Kind::ALL;
 
 /// Splits `NAMESPACE/NAME`.
 pub fn configmap_ref(value: &str) -> anyhow::Result<(String, String)> {
@@ -36,21 +46,35 @@ async fn client() -> anyhow::Result<Client> {
         .context("no cluster configuration (KUBECONFIG, ~/.kube/config or in-cluster); run with --standalone to serve without a cluster")
 }
 
-/// Starts the watchers and returns the backend admissions use. Does not wait for the API server:
-/// readiness turns on once every cache has synced.
+/// Starts the watchers and the reconciler and returns the backend admissions use. Does not wait
+/// for the API server: readiness turns on once every cache has synced.
 pub async fn start(
     configmap: &str,
     fixed_policy: Option<Policy>,
     metrics: Arc<Metrics>,
-) -> anyhow::Result<Arc<ClusterState>> {
+) -> anyhow::Result<Arc<ClusterBackend>> {
     let (namespace, name) = configmap_ref(configmap)?;
     let client = client().await?;
     let state = Arc::new(ClusterState::new(
         fixed_policy.clone().unwrap_or_default(),
+        &WATCHED,
         metrics.clone(),
     ));
     tokio::spawn(watch::nodes(client.clone(), state.clone()));
-    tokio::spawn(watch::deployments(client.clone(), state.clone()));
+    tokio::spawn(watch::ledger(
+        client.clone(),
+        state.clone(),
+        namespace.clone(),
+        LEDGER_CONFIGMAP.to_string(),
+    ));
+    let committer = Arc::new(Committer::new(Arc::new(commit::ApiStore {
+        api: Api::namespaced(client.clone(), &namespace),
+        name: LEDGER_CONFIGMAP.to_string(),
+    })));
+    tokio::spawn(commit::reconcile_forever(committer.clone(), state.clone()));
+    for kind in WATCHED {
+        tokio::spawn(watch::workloads(client.clone(), state.clone(), kind));
+    }
     match fixed_policy {
         Some(_) => {
             tracing::info!("policy from --policy; the ConfigMap is not read");
@@ -67,18 +91,18 @@ pub async fn start(
             ));
         }
     }
-    Ok(state)
+    Ok(Arc::new(ClusterBackend { state, committer }))
 }
 
 /// Reads the cluster once, for `gpushare status`.
 pub async fn snapshot(
     configmap: &str,
-    policy_file: Option<&Path>,
+    fixed_policy: Option<Policy>,
 ) -> anyhow::Result<(Policy, Inventory)> {
     let (namespace, name) = configmap_ref(configmap)?;
     let client = client().await?;
-    let policy = match policy_file {
-        Some(path) => crate::commands::read_policy(path)?,
+    let policy = match fixed_policy {
+        Some(policy) => policy,
         None => {
             let api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
             match api
@@ -86,18 +110,10 @@ pub async fn snapshot(
                 .await
                 .context("cannot read the policy ConfigMap")?
             {
-                Some(cm) => {
-                    let text = cm
-                        .data
-                        .as_ref()
-                        .and_then(|d| d.get(watch::POLICY_KEY))
-                        .cloned()
-                        .unwrap_or_default();
-                    Policy::from_yaml(&text).unwrap_or_else(|error| {
-                        eprintln!("warning: the policy ConfigMap is invalid ({error}); showing the embedded default");
-                        Policy::default()
-                    })
-                }
+                Some(cm) => watch::parse_policy(&cm).unwrap_or_else(|error| {
+                    eprintln!("warning: the policy ConfigMap {namespace}/{name} is invalid ({error}); showing the embedded default");
+                    Policy::default()
+                }),
                 None => Policy::default(),
             }
         }
@@ -106,17 +122,21 @@ pub async fn snapshot(
         .list(&ListParams::default())
         .await
         .context("cannot list nodes")?;
-    let deployments = Api::<Deployment>::all(client)
-        .list(&ListParams::default())
-        .await
-        .context("cannot list deployments")?;
-    let mut inventory = Inventory {
-        nodes: nodes.items.iter().map(convert::node).collect(),
-        ..Inventory::default()
-    };
-    for d in &deployments.items {
-        if let Some(module) = convert::module(d) {
-            inventory.modules.insert(convert::module_key(d), module);
+    let mut inventory = Inventory::new(nodes.items.iter().map(convert::node).collect());
+    for kind in WATCHED {
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &convert::api_resource(kind));
+        let mut params = ListParams::default();
+        if let Some(fields) = watch::workload_config(kind).field_selector {
+            params = params.fields(&fields);
+        }
+        let objects = api
+            .list(&params)
+            .await
+            .with_context(|| format!("cannot list {}", kind.plural()))?;
+        for object in &objects.items {
+            if let Some(claim) = convert::claim(kind, object) {
+                inventory.hold(claim);
+            }
         }
     }
     Ok((policy, inventory))

@@ -1,27 +1,29 @@
 //! The cluster's live view, fed by the watchers and read by admissions: nodes, the policy, the
-//! allocations of cached Deployments, and short-lived reservations for admissions the cache does
-//! not show yet, so two admissions racing in this process cannot double-book a GPU.
+//! claims of the stored workloads of every watched kind, and the ledger of commitments recorded in
+//! the API server (`ledger`). Decisions count the ledger's entry for a workload, or what the stored
+//! workload holds when the ledger has none (objects admitted before the ledger existed).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
 
-use crate::decision::{self, Request};
-use crate::inventory::{Inventory, Module, ModuleKey, Node, Placement};
-use crate::metrics::{CacheLabels, GpuLabels, Metrics};
-use crate::policy::Policy;
-use crate::service::Backend;
-use crate::verdict::{Outcome, Verdict};
-
-/// How long an admitted module is counted before the cache shows it. An object the API server
-/// finally rejected (another webhook, validation) stops counting after this.
-pub const RESERVATION_TTL: Duration = Duration::from_secs(30);
+use super::ledger::{self, Edit, Ledger};
+use crate::core::claim::{Claim, ClaimChange};
+use crate::core::decision::{self, Request};
+use crate::core::inventory::{Inventory, Node};
+use crate::core::policy::Policy;
+use crate::core::scale;
+use crate::core::verdict::Verdict;
+use crate::core::workload::{Kind, WorkloadKey};
+use crate::webhook::metrics::{CacheLabels, GpuLabels, KindLabels, Metrics};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Cache {
     Nodes,
     Policy,
-    Deployments,
+    /// The ledger ConfigMap of commitments.
+    Ledger,
+    /// The workloads of one kind.
+    Workloads(Kind),
 }
 
 impl Cache {
@@ -29,77 +31,69 @@ impl Cache {
         match self {
             Cache::Nodes => "nodes",
             Cache::Policy => "policy",
-            Cache::Deployments => "deployments",
+            Cache::Ledger => "ledger",
+            Cache::Workloads(kind) => kind.plural(),
         }
     }
-}
-
-struct Reservation {
-    module: Option<Module>,
-    expires: Instant,
 }
 
 struct Inner {
     policy: Arc<Policy>,
     nodes: BTreeMap<String, Node>,
-    cached: HashMap<ModuleKey, Module>,
-    reservations: HashMap<ModuleKey, Reservation>,
-    /// Nodes and cached modules with reservations laid over them: what decisions read.
+    /// What each stored workload holds, from the watch caches.
+    stored: HashMap<WorkloadKey, Claim>,
+    ledger: Ledger,
+    /// Nodes, and for each workload its ledger entry or else its stored claim: what decisions read.
     view: Inventory,
     synced: Vec<Cache>,
 }
 
 pub struct ClusterState {
     inner: Mutex<Inner>,
+    /// The caches readiness waits for.
+    required: Vec<Cache>,
     metrics: Arc<Metrics>,
 }
 
-/// Whether the cache shows the reserved allocation (memory limits are not recorded in annotations).
-fn same_allocation(a: &Module, b: &Module) -> bool {
-    let (x, y) = (&a.assignment, &b.assignment);
-    a.placement == b.placement
-        && x.gpu == y.gpu
-        && x.mode == y.mode
-        && x.percentage == y.percentage
-        && x.replicas == y.replicas
-        && x.clients == y.clients
-}
-
 impl Inner {
-    fn refresh_module(&mut self, key: &ModuleKey) {
-        let reserved = self.reservations.get(key).map(|r| r.module.clone());
-        match reserved.unwrap_or_else(|| self.cached.get(key).cloned()) {
-            Some(module) => self.view.modules.insert(key.clone(), module),
-            None => self.view.modules.remove(key),
+    /// What `key` counts as: its ledger entry, else its stored claim.
+    fn refresh_claim(&mut self, key: &WorkloadKey) {
+        let counted = self
+            .ledger
+            .entries
+            .get(key)
+            .map(|entry| entry.claim.clone())
+            .or_else(|| self.stored.get(key).cloned());
+        if self.view.claim(key) == counted.as_ref() {
+            // Status churn of a workload that holds the same claim changes nothing decisions read.
+            return;
+        }
+        match counted {
+            Some(claim) => self.view.hold(claim),
+            None => {
+                self.view.free(key);
+            }
         };
     }
 
-    fn expire(&mut self, now: Instant) {
-        let expired: Vec<ModuleKey> = self
-            .reservations
-            .iter()
-            .filter(|(_, r)| r.expires <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in expired {
-            self.reservations.remove(&key);
-            self.refresh_module(&key);
-        }
-    }
-
     fn rebuild_nodes(&mut self) {
-        self.view.nodes = self.nodes.values().cloned().collect();
+        self.view.set_nodes(self.nodes.values().cloned().collect());
     }
 }
 
 impl ClusterState {
-    pub fn new(policy: Policy, metrics: Arc<Metrics>) -> ClusterState {
+    /// A state that is ready once nodes, the policy, the ledger and the workloads of every kind in
+    /// `kinds` have synced.
+    pub fn new(policy: Policy, kinds: &[Kind], metrics: Arc<Metrics>) -> ClusterState {
+        let mut required = vec![Cache::Nodes, Cache::Policy, Cache::Ledger];
+        required.extend(kinds.iter().map(|&kind| Cache::Workloads(kind)));
         ClusterState {
+            required,
             inner: Mutex::new(Inner {
                 policy: Arc::new(policy),
                 nodes: BTreeMap::new(),
-                cached: HashMap::new(),
-                reservations: HashMap::new(),
+                stored: HashMap::new(),
+                ledger: Ledger::default(),
                 view: Inventory::default(),
                 synced: Vec::new(),
             }),
@@ -137,7 +131,14 @@ impl ClusterState {
     }
 
     pub fn is_synced(&self) -> bool {
-        self.lock().synced.len() == 3
+        let inner = self.lock();
+        self.required
+            .iter()
+            .all(|cache| inner.synced.contains(cache))
+    }
+
+    pub fn ready(&self) -> bool {
+        self.is_synced()
     }
 
     /// Replaces every node (after a full list).
@@ -168,49 +169,114 @@ impl ClusterState {
         self.publish_usage();
     }
 
-    /// Replaces every cached allocation (after a full list).
-    pub fn replace_modules(&self, modules: HashMap<ModuleKey, Module>) {
+    /// Replaces every stored claim of one kind (after a full list of that kind).
+    pub fn replace_claims(&self, kind: Kind, claims: Vec<Claim>) {
         {
             let mut inner = self.lock();
-            let keys: Vec<ModuleKey> = inner.cached.keys().chain(modules.keys()).cloned().collect();
-            inner.cached = modules;
+            let mut keys: Vec<WorkloadKey> = inner
+                .stored
+                .keys()
+                .filter(|key| key.kind == kind)
+                .cloned()
+                .collect();
+            for key in &keys {
+                inner.stored.remove(key);
+            }
+            for claim in claims {
+                keys.push(claim.key.clone());
+                inner.stored.insert(claim.key.clone(), claim);
+            }
             for key in keys {
-                Self::settle(&mut inner, &key);
+                inner.refresh_claim(&key);
             }
         }
         self.publish_usage();
     }
 
-    /// Records what the cache now shows for one Deployment (`None`: deleted or not managed).
-    pub fn apply_module(&self, key: ModuleKey, module: Option<Module>) {
+    /// Records what the cache now shows for one workload (`None`: deleted, or holding nothing).
+    pub fn apply_claim(&self, key: WorkloadKey, claim: Option<Claim>) {
         {
             let mut inner = self.lock();
-            match module {
-                Some(module) => inner.cached.insert(key.clone(), module),
-                None => inner.cached.remove(&key),
+            match claim {
+                Some(claim) => inner.stored.insert(key.clone(), claim),
+                None => inner.stored.remove(&key),
             };
-            Self::settle(&mut inner, &key);
+            inner.refresh_claim(&key);
         }
         self.publish_usage();
     }
 
-    /// Drops a reservation once the cache shows what it reserved.
-    fn settle(inner: &mut Inner, key: &ModuleKey) {
-        let shown = match (inner.reservations.get(key), inner.cached.get(key)) {
-            (
-                Some(Reservation {
-                    module: Some(reserved),
-                    ..
-                }),
-                Some(cached),
-            ) => same_allocation(reserved, cached),
-            (Some(Reservation { module: None, .. }), None) => true,
-            _ => false,
-        };
-        if shown {
-            inner.reservations.remove(key);
+    /// Takes a reading of the ledger (from its watch, or the answer to a write), unless an
+    /// even later one is already known.
+    pub fn set_ledger(&self, ledger: Ledger) {
+        {
+            let mut inner = self.lock();
+            if inner.ledger.resource_version.is_some() && !inner.ledger.is_older_than(&ledger) {
+                return;
+            }
+            let mut keys: Vec<WorkloadKey> = inner.ledger.entries.keys().cloned().collect();
+            keys.extend(ledger.entries.keys().cloned());
+            inner.ledger = ledger;
+            for key in keys {
+                inner.refresh_claim(&key);
+            }
         }
-        inner.refresh_module(key);
+        self.publish_usage();
+    }
+
+    /// The ledger ConfigMap was deleted: nothing is recorded any more.
+    pub fn clear_ledger(&self) {
+        {
+            let mut inner = self.lock();
+            let keys: Vec<WorkloadKey> = inner.ledger.entries.keys().cloned().collect();
+            inner.ledger = Ledger::default();
+            for key in keys {
+                inner.refresh_claim(&key);
+            }
+        }
+        self.publish_usage();
+    }
+
+    pub fn ledger_version(&self) -> Option<String> {
+        self.lock().ledger.resource_version.clone()
+    }
+
+    pub fn ledger_records(&self, edit: &Edit) -> bool {
+        self.lock().ledger.records(edit)
+    }
+
+    /// What the ledger must change to match the stored workloads.
+    pub fn reconcile_edits(&self, now_ms: u64) -> Vec<Edit> {
+        let inner = self.lock();
+        ledger::reconcile(&inner.ledger, &inner.stored, now_ms)
+    }
+
+    /// Decides a workload's admission against the view, and what it would commit.
+    pub fn decide(&self, request: &Request<'_>) -> (Verdict, Option<ClaimChange>) {
+        let inner = self.lock();
+        let verdict = decision::decide(request, &inner.policy, &inner.view);
+        let change = match &verdict {
+            Verdict::Allowed(m) => m.outcome.claim_change(request.key()),
+            Verdict::Denied(_) => None,
+        };
+        (verdict, change)
+    }
+
+    /// Decides a scale of `key` to `replicas`, from what the workload holds now.
+    pub fn decide_scale(&self, key: &WorkloadKey, replicas: u32) -> (Verdict, Option<ClaimChange>) {
+        let inner = self.lock();
+        let verdict = scale::decide(
+            key,
+            inner.view.claim(key),
+            replicas,
+            &inner.policy,
+            &inner.view,
+        );
+        let change = match &verdict {
+            Verdict::Allowed(m) => m.outcome.claim_change(key),
+            Verdict::Denied(_) => None,
+        };
+        (verdict, change)
     }
 
     /// A snapshot of the policy and the view, for `status` and tests.
@@ -219,9 +285,18 @@ impl ClusterState {
         (inner.policy.clone(), inner.view.clone())
     }
 
-    /// Refreshes the per-GPU gauges.
+    /// Refreshes the per-GPU and per-kind gauges.
     fn publish_usage(&self) {
         let (policy, inventory) = self.snapshot();
+        for kind in Kind::ALL {
+            let count = inventory.claims().filter(|c| c.key.kind == kind).count();
+            self.metrics
+                .modules
+                .get_or_create(&KindLabels {
+                    kind: kind.as_str(),
+                })
+                .set(count as i64);
+        }
         self.metrics.gpu_committed_percentage.clear();
         self.metrics.gpu_clients.clear();
         for row in inventory.table(&policy) {
@@ -242,60 +317,20 @@ impl ClusterState {
     }
 }
 
-impl Backend for ClusterState {
-    fn admit(&self, request: &Request<'_>, dry_run: bool) -> Verdict {
-        let mut inner = self.lock();
-        inner.expire(Instant::now());
-        let verdict = decision::decide(request, &inner.policy, &inner.view);
-        if dry_run {
-            return verdict;
-        }
-        let reserved = match &verdict {
-            Verdict::Allowed(m) => match &m.outcome {
-                Outcome::Assigned(assignment) => Some(Some(Module {
-                    placement: Placement {
-                        node_selector: request.object.spec.template.spec.node_selector.clone(),
-                        node_name: request.object.spec.template.spec.node_name.clone(),
-                    },
-                    assignment: assignment.clone(),
-                })),
-                Outcome::Released => Some(None),
-                Outcome::Excluded | Outcome::Unmanaged => None,
-            },
-            Verdict::Denied(_) => None,
-        };
-        if let Some(module) = reserved {
-            let key = request.key();
-            inner.reservations.insert(
-                key.clone(),
-                Reservation {
-                    module,
-                    expires: Instant::now() + RESERVATION_TTL,
-                },
-            );
-            // The per-GPU gauges follow the cache, which shows the object a moment later: keeping
-            // them off the admission path.
-            inner.refresh_module(&key);
-        }
-        verdict
-    }
-
-    fn ready(&self) -> bool {
-        self.is_synced()
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::decision::Operation;
-    use crate::domain::{GpuIndex, Mode, Percentage};
-    use crate::verdict::Assignment;
-    use crate::workload::Deployment;
+    use crate::cluster::ledger::Entry;
+    use crate::core::claim::{Assigned, Share};
+    use crate::core::decision::Operation;
+    use crate::core::domain::{GpuIndex, Percentage};
+    use crate::core::inventory::Placement;
+    use crate::core::workload::{RawObject, Workload};
 
-    fn state(gpus: u32) -> ClusterState {
+    pub fn state(gpus: u32) -> ClusterState {
         let state = ClusterState::new(
             Policy::from_yaml("gpuModes: {0: mps, 1: mps}").unwrap(),
+            &[Kind::Deployment, Kind::Job],
             Arc::new(Metrics::new()),
         );
         state.replace_nodes(vec![Node {
@@ -306,127 +341,146 @@ mod tests {
         state
     }
 
-    fn deployment(name: &str, replicas: u32, percentage: u32) -> Deployment {
-        serde_json::from_value(serde_json::json!({
+    pub fn deployment(name: &str, replicas: u32, percentage: u32) -> Workload {
+        let raw: RawObject = serde_json::from_value(serde_json::json!({
             "metadata": {"name": name, "namespace": "ns",
                 "annotations": {"gpushare.io/gpu": "auto", "gpushare.io/mps-percentage": percentage.to_string()}},
             "spec": {"replicas": replicas, "template": {"spec": {"containers": [{"name": "c"}]}}}
         }))
-        .unwrap()
+        .unwrap();
+        Workload::from_raw(Kind::Deployment, raw)
     }
 
-    fn admit(state: &ClusterState, object: &Deployment, dry_run: bool) -> Verdict {
+    fn key(kind: Kind, name: &str) -> WorkloadKey {
+        WorkloadKey::new(kind, "ns", name)
+    }
+
+    fn claim(key: WorkloadKey, gpu: u32, pods: u32, percentage: u64) -> Claim {
+        Claim {
+            key,
+            placement: Placement::default(),
+            assigned: Assigned {
+                gpu: GpuIndex(gpu),
+                share: Share::Mps(Percentage::new(percentage).unwrap()),
+            },
+            pods,
+            containers: 1,
+        }
+    }
+
+    fn ledger(version: &str, claims: &[Claim]) -> Ledger {
+        Ledger {
+            resource_version: Some(version.into()),
+            entries: claims
+                .iter()
+                .map(|c| {
+                    (
+                        c.key.clone(),
+                        Entry {
+                            claim: c.clone(),
+                            written_ms: 0,
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn decide(state: &ClusterState, object: &Workload) -> Verdict {
         let request = Request {
             operation: Operation::Create,
-            namespace: "ns",
-            name: &object.metadata.name,
             object,
             old_object: None,
         };
-        state.admit(&request, dry_run)
-    }
-
-    fn assigned(verdict: &Verdict) -> Option<GpuIndex> {
-        match verdict {
-            Verdict::Allowed(m) => match &m.outcome {
-                Outcome::Assigned(a) => Some(a.gpu),
-                _ => None,
-            },
-            Verdict::Denied(_) => None,
-        }
-    }
-
-    fn module(gpu: u32, replicas: u32, percentage: u64) -> Module {
-        Module {
-            placement: Placement::default(),
-            assignment: Assignment {
-                gpu: GpuIndex(gpu),
-                mode: Mode::Mps,
-                percentage: Percentage::new(percentage),
-                memory_limit: None,
-                replicas,
-                clients: replicas,
-            },
-        }
+        state.decide(&request).0
     }
 
     #[test]
-    fn racing_admissions_do_not_double_book_a_gpu() {
+    fn a_ledger_entry_counts_even_before_the_cache_shows_the_workload() {
         let state = state(1);
-        assert_eq!(
-            assigned(&admit(&state, &deployment("a", 1, 60), false)),
-            Some(GpuIndex(0))
-        );
-        // The cache does not show `a` yet; its reservation still counts.
+        let a = key(Kind::Deployment, "a");
+        state.set_ledger(ledger("5", &[claim(a.clone(), 0, 1, 60)]));
         assert!(matches!(
-            admit(&state, &deployment("b", 1, 60), false),
+            decide(&state, &deployment("b", 1, 60)),
+            Verdict::Denied(_)
+        ));
+        // The ledger entry wins over a stored claim of the same workload.
+        state.apply_claim(a.clone(), Some(claim(a, 0, 1, 10)));
+        assert!(matches!(
+            decide(&state, &deployment("b", 1, 60)),
             Verdict::Denied(_)
         ));
     }
 
     #[test]
-    fn dry_run_reserves_nothing() {
+    fn a_stored_claim_the_ledger_lacks_still_counts() {
         let state = state(1);
-        assert!(assigned(&admit(&state, &deployment("a", 1, 60), true)).is_some());
-        assert!(assigned(&admit(&state, &deployment("b", 1, 60), true)).is_some());
+        let job = key(Kind::Job, "old");
+        state.apply_claim(job.clone(), Some(claim(job.clone(), 0, 2, 50)));
+        assert!(matches!(
+            decide(&state, &deployment("new", 1, 10)),
+            Verdict::Denied(_)
+        ));
+        state.apply_claim(job, None);
+        assert!(matches!(
+            decide(&state, &deployment("new", 1, 10)),
+            Verdict::Allowed(_)
+        ));
     }
 
     #[test]
-    fn auto_spreads_over_reservations_and_the_cache_takes_over() {
-        let state = state(2);
-        assert_eq!(
-            assigned(&admit(&state, &deployment("a", 1, 40), false)),
-            Some(GpuIndex(0))
-        );
-        assert_eq!(
-            assigned(&admit(&state, &deployment("b", 1, 40), false)),
-            Some(GpuIndex(1))
-        );
-        let key = ModuleKey {
-            namespace: "ns".into(),
-            name: "a".into(),
-        };
-        state.apply_module(key.clone(), Some(module(0, 1, 40)));
+    fn an_older_reading_of_the_ledger_never_replaces_a_newer_one() {
+        let state = state(1);
+        let a = key(Kind::Deployment, "a");
+        state.set_ledger(ledger("9", &[claim(a.clone(), 0, 1, 60)]));
+        state.set_ledger(ledger("8", &[]));
+        assert_eq!(state.ledger_version().as_deref(), Some("9"));
+        assert!(state.snapshot().1.claim(&a).is_some());
+        state.set_ledger(ledger("10", &[]));
+        assert!(state.snapshot().1.claim(&a).is_none());
+    }
+
+    #[test]
+    fn scaling_checks_the_new_replicas_on_the_gpu_the_workload_holds() {
+        let state = state(1);
+        let a = key(Kind::Deployment, "a");
+        state.set_ledger(ledger("3", &[claim(a.clone(), 0, 1, 40)]));
         assert!(
-            !state.lock().reservations.contains_key(&key),
-            "a shown by the cache: reservation dropped"
+            matches!(state.decide_scale(&a, 3).0, Verdict::Denied(_)),
+            "3 x 40% > 100%"
         );
-        state.apply_module(key, None);
+        let (verdict, change) = state.decide_scale(&a, 2);
+        assert!(matches!(verdict, Verdict::Allowed(_)));
+        assert_eq!(change, Some(ClaimChange::Hold(claim(a.clone(), 0, 2, 40))));
+        let (_, unmanaged) = state.decide_scale(&key(Kind::Deployment, "plain"), 50);
+        assert_eq!(
+            unmanaged, None,
+            "a workload that holds nothing scales freely"
+        );
+    }
+
+    #[test]
+    fn a_relist_of_one_kind_keeps_the_claims_of_the_others() {
+        let state = state(2);
+        let (job, deployment) = (key(Kind::Job, "same"), key(Kind::Deployment, "same"));
+        state.replace_claims(Kind::Job, vec![claim(job.clone(), 0, 1, 10)]);
+        state.replace_claims(Kind::Deployment, vec![claim(deployment.clone(), 1, 1, 10)]);
+        state.replace_claims(Kind::Job, Vec::new());
         let (_, view) = state.snapshot();
-        assert_eq!(
-            view.modules.len(),
-            1,
-            "deleting a frees its share; b is still reserved"
-        );
+        assert!(view.claim(&job).is_none());
+        assert!(view.claim(&deployment).is_some());
     }
 
     #[test]
-    fn a_cached_module_counts_until_deleted() {
-        let state = state(1);
-        let key = ModuleKey {
-            namespace: "ns".into(),
-            name: "old".into(),
-        };
-        state.apply_module(key.clone(), Some(module(0, 2, 50)));
-        assert!(matches!(
-            admit(&state, &deployment("new", 1, 10), false),
-            Verdict::Denied(_)
-        ));
-        state.apply_module(key, None);
-        assert_eq!(
-            assigned(&admit(&state, &deployment("new", 1, 10), false)),
-            Some(GpuIndex(0))
-        );
-    }
-
-    #[test]
-    fn readiness_needs_every_cache() {
+    fn readiness_needs_every_cache_and_the_ledger() {
         let state = state(1);
         assert!(!state.ready());
         state.mark_synced(Cache::Nodes);
         state.mark_synced(Cache::Policy);
-        assert!(!state.ready());
-        state.mark_synced(Cache::Deployments);
+        state.mark_synced(Cache::Workloads(Kind::Deployment));
+        state.mark_synced(Cache::Workloads(Kind::Job));
+        assert!(!state.ready(), "the ledger has not synced");
+        state.mark_synced(Cache::Ledger);
         assert!(state.ready());
     }
 }

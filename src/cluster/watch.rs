@@ -1,22 +1,23 @@
-//! The watchers: kube-runtime streams of Nodes, Deployments and the policy ConfigMap, each feeding
-//! `ClusterState`. They relist after a `410 Gone`, retry with backoff while the API server is away,
+//! The watchers: kube-runtime streams of Nodes, of every workload kind and of the policy ConfigMap,
+//! each feeding `ClusterState`. They relist after a `410 Gone`, retry with backoff while the API server is away,
 //! and never block admissions, which keep answering from the last view.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, ObjectReference};
+use kube::core::DynamicObject;
 use kube::runtime::events::{Event as K8sEvent, EventType, Recorder, Reporter};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource};
 
 use super::convert;
+use super::ledger::Ledger;
 use super::state::{Cache, ClusterState};
-use crate::metrics::{Metrics, ResultLabels};
-use crate::policy::Policy;
+use crate::core::policy::Policy;
+use crate::core::workload::Kind;
+use crate::webhook::metrics::{Metrics, ResultLabels};
 
 /// The ConfigMap key that holds the policy.
 pub const POLICY_KEY: &str = "policy.yaml";
@@ -73,28 +74,73 @@ pub async fn nodes(client: Client, state: Arc<ClusterState>) {
     }
 }
 
-pub async fn deployments(client: Client, state: Arc<ClusterState>) {
-    let api: Api<Deployment> = Api::all(client);
-    let mut listing = HashMap::new();
+/// The watch of one workload kind. Pods that have succeeded or failed hold no GPU: the API server
+/// leaves them out (and sends a deletion when a Pod finishes), so they are neither sent nor kept.
+pub fn workload_config(kind: Kind) -> watcher::Config {
+    match kind {
+        Kind::Pod => watcher::Config::default().fields(FINISHED_PODS_EXCLUDED),
+        _ => watcher::Config::default(),
+    }
+}
+
+pub const FINISHED_PODS_EXCLUDED: &str = "status.phase!=Succeeded,status.phase!=Failed";
+
+/// Keeps the claims of one workload kind: every object is read back into its claim as it comes.
+pub async fn workloads(client: Client, state: Arc<ClusterState>, kind: Kind) {
+    let api: Api<DynamicObject> = Api::all_with(client, &convert::api_resource(kind));
+    let cache = Cache::Workloads(kind);
+    let mut listing = Vec::new();
     let events = logged(
-        Cache::Deployments,
-        watcher::watcher(api, watcher::Config::default()).default_backoff(),
+        cache,
+        watcher::watcher(api, workload_config(kind)).default_backoff(),
     );
     let mut events = std::pin::pin!(events);
     while let Some(event) = events.next().await {
         match event {
             Event::Init => listing.clear(),
-            Event::InitApply(d) => {
-                if let Some(module) = convert::module(&d) {
-                    listing.insert(convert::module_key(&d), module);
-                }
+            Event::InitApply(object) => listing.extend(convert::claim(kind, &object)),
+            Event::InitDone => {
+                state.replace_claims(kind, std::mem::take(&mut listing));
+                state.mark_synced(cache);
+            }
+            Event::Apply(object) => {
+                state.apply_claim(convert::key(kind, &object), convert::claim(kind, &object))
+            }
+            Event::Delete(object) => state.apply_claim(convert::key(kind, &object), None),
+        }
+    }
+}
+
+/// Keeps the ledger of commitments: every replica's writes, as the API server stores them.
+pub async fn ledger(client: Client, state: Arc<ClusterState>, namespace: String, name: String) {
+    let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut listed = false;
+    let events = logged(
+        Cache::Ledger,
+        watcher::watcher(api, config).default_backoff(),
+    );
+    let mut events = std::pin::pin!(events);
+    while let Some(event) = events.next().await {
+        match event {
+            Event::Init => listed = false,
+            Event::InitApply(cm) => {
+                listed = true;
+                state.set_ledger(Ledger::from_configmap(&cm));
             }
             Event::InitDone => {
-                state.replace_modules(std::mem::take(&mut listing));
-                state.mark_synced(Cache::Deployments);
+                if !listed {
+                    state.clear_ledger();
+                }
+                state.mark_synced(Cache::Ledger);
             }
-            Event::Apply(d) => state.apply_module(convert::module_key(&d), convert::module(&d)),
-            Event::Delete(d) => state.apply_module(convert::module_key(&d), None),
+            Event::Apply(cm) => state.set_ledger(Ledger::from_configmap(&cm)),
+            Event::Delete(_) => {
+                tracing::warn!(
+                    "the ledger ConfigMap was deleted; the next commitment creates it again"
+                );
+                state.clear_ledger();
+            }
         }
     }
 }
@@ -173,7 +219,8 @@ pub async fn policy(
     }
 }
 
-fn parse_policy(cm: &ConfigMap) -> Result<Policy, String> {
+/// The policy a ConfigMap holds; one without the `policy.yaml` key is invalid (CONTRACT section 5).
+pub fn parse_policy(cm: &ConfigMap) -> Result<Policy, String> {
     let text = cm
         .data
         .as_ref()

@@ -492,12 +492,43 @@ impl Review {
     }
 
     pub fn pod(operation: &str, object: Value) -> Review {
+        Review::of(operation, object)
+    }
+
+    /// A review of any object, its group, version, kind and resource taken from the object.
+    pub fn of(operation: &str, object: Value) -> Review {
+        let named = if object.is_null() {
+            Value::Null
+        } else {
+            object.clone()
+        };
+        let api_version = named["apiVersion"]
+            .as_str()
+            .unwrap_or("apps/v1")
+            .to_string();
+        let kind = named["kind"].as_str().unwrap_or("Deployment").to_string();
+        let (group, version) = api_version
+            .rsplit_once('/')
+            .map_or((String::new(), api_version.clone()), |(g, v)| {
+                (g.to_string(), v.to_string())
+            });
         Review {
-            group: String::new(),
-            version: "v1".into(),
-            kind: "Pod".into(),
-            resource: "pods".into(),
+            group,
+            version,
+            resource: format!("{}s", kind.to_ascii_lowercase()),
+            kind,
             ..Review::deployment(operation, object)
+        }
+    }
+
+    pub fn create_of(object: Value) -> Review {
+        Review::of("CREATE", object)
+    }
+
+    pub fn update_of(object: Value, old_object: Value) -> Review {
+        Review {
+            old_object,
+            ..Review::of("UPDATE", object)
         }
     }
 
@@ -721,10 +752,49 @@ pub fn with_annotations(mut object: Value, annotations: &[(&str, &str)]) -> Valu
     object
 }
 
+// ---- every kind ------------------------------------------------------------------------------
+
+/// One object of each kind gpushare examines, as its users write it (`kubectl create ... -o json`
+/// where kubectl can), with these annotations on its metadata.
+pub fn every_kind(annotations: &[(&str, &str)]) -> Vec<Value> {
+    [
+        "deployment-web.json",
+        "replicaset-cam.json",
+        "statefulset-triton.json",
+        "daemonset-agent.json",
+        "job-nbody.json",
+        "cronjob-nightly.json",
+        "pod-infer.json",
+    ]
+    .iter()
+    .map(|name| with_annotations(fixture_json(name), annotations))
+    .collect()
+}
+
+/// Where an object keeps its pod template: `/spec/template`, a CronJob's, or `""` for a Pod.
+pub fn template_of(object: &Value) -> &'static str {
+    match object["kind"].as_str() {
+        Some("CronJob") => "/spec/jobTemplate/spec/template",
+        Some("Pod") => "",
+        _ => "/spec/template",
+    }
+}
+
+/// The metadata that carry the assigned annotations: the object's and its pod template's.
+pub fn metadata_of(object: &Value) -> Vec<String> {
+    match template_of(object) {
+        "" => vec!["/metadata".to_string()],
+        template => vec!["/metadata".to_string(), format!("{template}/metadata")],
+    }
+}
+
 /// The env of container `index`, as (name, value) pairs; `valueFrom` entries have value `None`.
 pub fn env(object: &Value, index: usize) -> Vec<(String, Option<String>)> {
     object
-        .pointer(&format!("/spec/template/spec/containers/{index}/env"))
+        .pointer(&format!(
+            "{}/spec/containers/{index}/env",
+            template_of(object)
+        ))
         .and_then(Value::as_array)
         .map(|entries| {
             entries
@@ -779,9 +849,10 @@ pub fn annotation(object: &Value, metadata: &str, key: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Asserts the assigned annotations on both the Deployment metadata and its pod template.
+/// Asserts the assigned annotations on both the object's metadata and its pod template's.
 pub fn assert_assigned(object: &Value, gpu: &str, mode: &str, percentage: Option<&str>) {
-    for metadata in ["/metadata", "/spec/template/metadata"] {
+    for metadata in metadata_of(object) {
+        let metadata = metadata.as_str();
         assert_eq!(
             annotation(object, metadata, ASSIGNED_GPU).as_deref(),
             Some(gpu),

@@ -190,7 +190,6 @@ fn wait_until_free(ns: &Namespace, node: &TestNode) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 9: commitments are not recorded in the API server yet"]
 async fn two_replicas_never_commit_more_than_a_gpus_capacity_under_100_racing_admissions() {
     let _restore = crate::PolicyRestore;
     let node = TestNode::new("e2e-race", 1);
@@ -246,7 +245,6 @@ async fn two_replicas_never_commit_more_than_a_gpus_capacity_under_100_racing_ad
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 9: commitments are not recorded in the API server yet"]
 async fn a_replica_killed_in_a_burst_leaks_no_share_and_an_unstored_admission_is_freed() {
     let _restore = crate::PolicyRestore;
     let node = TestNode::new("e2e-kill", 1);

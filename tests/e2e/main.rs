@@ -393,7 +393,6 @@ fn updates_reassign_on_a_changed_annotation_survive_rollout_restart_and_set_env_
 }
 
 #[test]
-#[ignore = "known gap, issue 9: the scale subresource is not registered yet"]
 fn kubectl_scale_past_capacity_is_denied_and_within_capacity_allowed() {
     let node = TestNode::new("e2e-scale", 1);
     let ns = Namespace::new("e2e-scale");

@@ -47,14 +47,21 @@ app.kubernetes.io/component: webhook
 {{- end -}}
 
 {{/*
-The managed/unmanaged split of manifests/webhook.yaml: whether the object or its pod template
-carries any gpushare.io/ annotation. Every field is guarded with has(): a missing field would be an
+The managed/unmanaged split of manifests/webhook.yaml: whether an object not owned by a controller,
+or its pod template (a CronJob's under spec.jobTemplate), carries any gpushare.io/ annotation. Every field is guarded with has(): a missing field would be an
 evaluation error, which rejects the request under failurePolicy: Fail.
 */}}
 {{- define "gpushare.hasAnnotations" -}}
-(has(object.metadata) && has(object.metadata.annotations) &&
+(!(has(object.metadata) && has(object.metadata.ownerReferences) &&
+object.metadata.ownerReferences.exists(r, has(r.controller) && r.controller)) &&
+((has(object.metadata) && has(object.metadata.annotations) &&
 object.metadata.annotations.exists(k, k.startsWith('gpushare.io/'))) ||
 (has(object.spec) && has(object.spec.template) && has(object.spec.template.metadata) &&
 has(object.spec.template.metadata.annotations) &&
-object.spec.template.metadata.annotations.exists(k, k.startsWith('gpushare.io/')))
+object.spec.template.metadata.annotations.exists(k, k.startsWith('gpushare.io/'))) ||
+(has(object.spec) && has(object.spec.jobTemplate) && has(object.spec.jobTemplate.spec) &&
+has(object.spec.jobTemplate.spec.template) &&
+has(object.spec.jobTemplate.spec.template.metadata) &&
+has(object.spec.jobTemplate.spec.template.metadata.annotations) &&
+object.spec.jobTemplate.spec.template.metadata.annotations.exists(k, k.startsWith('gpushare.io/')))))
 {{- end -}}

@@ -471,6 +471,9 @@ pub(crate) fn item(
             let mut s = shared.lock();
             let current = s.objects.get(&key).cloned();
             let is_apply = content_type.starts_with("application/apply-patch");
+            // As kube-apiserver does: a resourceVersion in a patch is a precondition (409 when
+            // the object has moved on); gpushare's ledger writes rely on it.
+            let precondition = !is_apply && patch["metadata"]["resourceVersion"].is_string();
             let mut obj = match current {
                 Some(o) => o,
                 None if is_apply => json!({"metadata": {"name": name}}),
@@ -488,7 +491,7 @@ pub(crate) fn item(
             }
             check_namespace(res, &ns, &mut obj)?;
             obj["metadata"]["name"] = Value::String(name.to_string());
-            let (stored, created) = s.upsert(res, obj, is_apply, true, false)?;
+            let (stored, created) = s.upsert(res, obj, is_apply, true, precondition)?;
             Ok(json_response(if created { 201 } else { 200 }, &stored))
         }
         _ => Err(ApiError::new(

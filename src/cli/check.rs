@@ -1,0 +1,318 @@
+//! `gpushare check`: offline validation of manifests for CI. Reads YAML or JSON documents
+//! (multi-document, `kind: List`), applies the same decision as the webhook with capacity counted
+//! across all documents together, and reports one verdict per workload of a kind it examines (and
+//! a `SKIPPED` line for an object with gpushare annotations that it does not examine).
+
+use std::io::Read;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::core::annotations;
+use crate::core::decision::{self, Operation, Request};
+use crate::core::inventory::Inventory;
+use crate::core::policy::Policy;
+use crate::core::verdict::{Outcome, Verdict};
+use crate::core::workload::{Kind, RawObject, Workload};
+
+/// Input that cannot be checked at all (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("{source_name}: cannot read: {error}")]
+    Read {
+        source_name: String,
+        error: std::io::Error,
+    },
+    #[error("{source_name}: {error}")]
+    Parse { source_name: String, error: String },
+}
+
+/// One object from the input, where it came from.
+#[derive(Debug, Clone)]
+pub struct Document {
+    pub source: String,
+    pub value: Value,
+}
+
+/// Reads every file (`-` is standard input) into a flat list of objects; `kind: List` is
+/// unpacked, empty documents are dropped, and a later object with the same kind, namespace and
+/// name replaces the earlier one, as `kubectl apply` would.
+pub fn load(sources: &[String]) -> Result<Vec<Document>, InputError> {
+    let mut documents: Vec<Document> = Vec::new();
+    for source in sources {
+        let text = read_source(source)?;
+        for value in parse_documents(source, &text)? {
+            for value in unpack_lists(value) {
+                let key = identity(&value);
+                match documents
+                    .iter()
+                    .position(|d| key.is_some() && identity(&d.value) == key)
+                {
+                    Some(i) => {
+                        documents[i] = Document {
+                            source: source.clone(),
+                            value,
+                        }
+                    }
+                    None => documents.push(Document {
+                        source: source.clone(),
+                        value,
+                    }),
+                }
+            }
+        }
+    }
+    Ok(documents)
+}
+
+fn read_source(source: &str) -> Result<String, InputError> {
+    let err = |error| InputError::Read {
+        source_name: source.to_string(),
+        error,
+    };
+    if source == "-" {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text).map_err(err)?;
+        Ok(text)
+    } else {
+        std::fs::read_to_string(source).map_err(err)
+    }
+}
+
+/// Parses a multi-document YAML (or JSON) text; the error names the line.
+pub fn parse_documents(source: &str, text: &str) -> Result<Vec<Value>, InputError> {
+    let mut values = Vec::new();
+    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = Value::deserialize(document).map_err(|e| InputError::Parse {
+            source_name: source.to_string(),
+            error: e.to_string(),
+        })?;
+        match value {
+            Value::Null => {}
+            Value::Object(_) => values.push(value),
+            other => {
+                return Err(InputError::Parse {
+                    source_name: source.to_string(),
+                    error: format!(
+                        "document {} is not a Kubernetes object but {}",
+                        index + 1,
+                        kind_of(&other)
+                    ),
+                })
+            }
+        }
+    }
+    Ok(values)
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Array(_) => "a list",
+        Value::String(_) => "a string",
+        Value::Number(_) => "a number",
+        Value::Bool(_) => "a boolean",
+        _ => "something else",
+    }
+}
+
+fn unpack_lists(value: Value) -> Vec<Value> {
+    let is_list = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .is_some_and(|k| k.ends_with("List"));
+    match (is_list, value.get("items").and_then(Value::as_array)) {
+        (true, Some(items)) => items
+            .iter()
+            .flat_map(|item| unpack_lists(item.clone()))
+            .collect(),
+        _ => vec![value],
+    }
+}
+
+fn identity(value: &Value) -> Option<(String, String, String)> {
+    let kind = value.get("kind")?.as_str()?.to_string();
+    let metadata = value.get("metadata")?;
+    let name = metadata.get("name")?.as_str()?.to_string();
+    Some((kind, namespace_of(value).to_string(), name))
+}
+
+fn namespace_of(value: &Value) -> &str {
+    value
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .unwrap_or("default")
+}
+
+/// What a verdict line says about its object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    Allowed,
+    Denied,
+    /// Has `gpushare.io/` annotations, but gpushare does not examine it.
+    Skipped,
+}
+
+impl Mark {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mark::Allowed => "ALLOWED",
+            Mark::Denied => "DENIED",
+            Mark::Skipped => "SKIPPED",
+        }
+    }
+}
+
+/// The verdict on one object: `ALLOWED <namespace>/<Kind>/<name> ...`, `DENIED ...: <reason>`
+/// or `SKIPPED ...: <why>`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Line {
+    pub mark: Mark,
+    pub text: String,
+    pub warnings: Vec<String>,
+}
+
+impl Line {
+    fn new(mark: Mark, object: &str, rest: String) -> Line {
+        Line {
+            mark,
+            text: format!("{} {object}{rest}", mark.as_str()),
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// Every object after checking (mutated where allowed), and the verdict lines.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub objects: Vec<Value>,
+    pub lines: Vec<Line>,
+    /// Nodes and the claims admitted, for `status --from`.
+    pub inventory: Inventory,
+}
+
+impl Report {
+    pub fn all_allowed(&self) -> bool {
+        self.lines.iter().all(|l| l.mark != Mark::Denied)
+    }
+}
+
+/// The kinds gpushare examines, as messages list them.
+const EXAMINED: &str =
+    "apps/v1 Deployment, ReplicaSet, StatefulSet, DaemonSet; batch/v1 Job, CronJob; v1 Pod";
+
+/// Decides every workload in order, each admitted claim counting against the next.
+pub fn check(documents: Vec<Document>, policy: &Policy, mut inventory: Inventory) -> Report {
+    let mut report = Report::default();
+    for Document { value, .. } in documents {
+        let (value, line) = check_one(value, policy, &mut inventory);
+        report.objects.push(value);
+        report.lines.extend(line);
+    }
+    report.inventory = inventory;
+    report
+}
+
+fn text_at<'a>(value: &'a Value, pointer: &str) -> &'a str {
+    value.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+}
+
+/// Whether a manifest of any kind carries `gpushare.io/` annotations where a workload would.
+fn has_gpushare_annotations(value: &Value) -> bool {
+    [
+        "/metadata/annotations",
+        "/spec/template/metadata/annotations",
+        "/spec/jobTemplate/spec/template/metadata/annotations",
+    ]
+    .iter()
+    .filter_map(|p| value.pointer(p).and_then(Value::as_object))
+    .any(|a| a.keys().any(|k| k.starts_with(annotations::PREFIX)))
+}
+
+fn check_one(
+    mut value: Value,
+    policy: &Policy,
+    inventory: &mut Inventory,
+) -> (Value, Option<Line>) {
+    let (api_version, kind_name) = (text_at(&value, "/apiVersion"), text_at(&value, "/kind"));
+    let name = text_at(&value, "/metadata/name").to_string();
+    let object = format!("{}/{kind_name}/{name}", namespace_of(&value));
+    let Some(kind) = Kind::from_api_version(api_version, kind_name) else {
+        let line = has_gpushare_annotations(&value).then(|| {
+            Line::new(
+                Mark::Skipped,
+                &object,
+                format!(
+                    ": {api_version} {kind_name} is not a kind gpushare examines ({EXAMINED}); its gpushare.io/ \
+                     annotations have no effect"
+                ),
+            )
+        });
+        return (value, line);
+    };
+    let denied = |message: String| Some(Line::new(Mark::Denied, &object, format!(": {message}")));
+    if name.is_empty() {
+        let line = denied(format!("metadata.name is missing; give the {kind} a name"));
+        return (value, line);
+    }
+    let raw = match RawObject::deserialize(&value) {
+        Ok(raw) => raw,
+        Err(error) => {
+            let line = denied(format!("not a valid {kind}: {error}"));
+            return (value, line);
+        }
+    };
+    let workload = Workload::from_raw(kind, raw);
+    let request = Request {
+        operation: Operation::Create,
+        object: &workload,
+        old_object: None,
+    };
+    let mutation = match decision::decide(&request, policy, inventory) {
+        Verdict::Denied(denial) => return (value, denied(denial.message)),
+        Verdict::Allowed(mutation) => mutation,
+    };
+    if let Err(error) = json_patch::patch(&mut value, &mutation.patch) {
+        let line = denied(format!("internal error applying the patch: {error}"));
+        return (value, line);
+    }
+    let summary = match mutation.outcome {
+        Outcome::Controlled(controller) => {
+            let line = workload.has_gpushare_annotations().then(|| {
+                Line::new(
+                    Mark::Skipped,
+                    &object,
+                    format!(
+                        ": owned by its controller {controller}, whose pod template gpushare examines instead"
+                    ),
+                )
+            });
+            return (value, line);
+        }
+        Outcome::Assigned(claim) => {
+            let summary = claim.assigned.to_string();
+            inventory.hold(claim);
+            summary
+        }
+        Outcome::Excluded => "namespace excluded by policy".into(),
+        Outcome::Finished => "finished: holds no GPU".into(),
+        Outcome::Unmanaged | Outcome::Released => "unmanaged".into(),
+    };
+    let line = Line {
+        warnings: mutation.warnings,
+        ..Line::new(Mark::Allowed, &object, format!(" {summary}"))
+    };
+    (value, Some(line))
+}
+
+/// Renders objects as a multi-document YAML stream.
+pub fn to_yaml(objects: &[Value]) -> String {
+    let mut out = String::new();
+    for object in objects {
+        out.push_str("---\n");
+        out.push_str(
+            &serde_yaml::to_string(object).unwrap_or_else(|e| format!("# cannot render: {e}\n")),
+        );
+    }
+    out
+}

@@ -1,0 +1,261 @@
+//! The subcommands, wired from the parsed command line to the core and the shells.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::cli::args::{
+    CertsArgs, CheckArgs, CheckOutput, LogFormat, ServeArgs, StatusArgs, StatusOutput,
+};
+use crate::cli::check;
+use crate::cli::policy_file::{self, read_policy};
+use crate::core::inventory::Inventory;
+use crate::core::policy::Policy;
+use crate::core::status;
+use crate::webhook::metrics::Metrics;
+use crate::webhook::server::{self, AppState, Limits};
+use crate::webhook::service::{AdmissionService, Backend, StandaloneBackend};
+use crate::webhook::status_page::{self, StatusSource};
+use crate::webhook::tls::{self, ReloadingCert};
+
+/// Exit codes of `check` (and usage errors, which clap reports with 2 as well).
+pub const EXIT_DENIED: u8 = 1;
+pub const EXIT_ERROR: u8 = 2;
+
+/// How long `status` may take to read the cluster.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often a `--policy` file is checked for changes.
+const POLICY_FILE_POLL: Duration = Duration::from_secs(1);
+
+/// Logs go to stderr through a writer thread, so a request never waits on a write to the
+/// container runtime's pipe. Not lossy: when the queue is full, logging waits rather than drops.
+/// Keep the guard until exit: dropping it flushes what is queued.
+pub fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(8192)
+        .finish(std::io::stderr());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(crate::cli::log_format::use_colour(format));
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    guard
+}
+
+fn policy_or_default(path: Option<&Path>) -> anyhow::Result<Policy> {
+    path.map(read_policy)
+        .transpose()
+        .map(Option::unwrap_or_default)
+}
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    tls::install_default_provider();
+    let metrics = Arc::new(Metrics::new());
+    let cert = Arc::new(ReloadingCert::load(&args.tls_cert, &args.tls_key).with_context(|| {
+        format!(
+            "cannot load the serving certificate {} / {} (run `gpushare certs` to make development certificates)",
+            args.tls_cert.display(),
+            args.tls_key.display()
+        )
+    })?);
+    let tls_config = tls::server_config(cert.clone(), args.client_ca.as_deref())?;
+    if let Some(expiry) = tls::not_after(&cert.current()) {
+        metrics.certificate_expiry.set(expiry);
+    }
+    let expiry_gauge = metrics.clone();
+    cert.clone().watch(Duration::from_secs(2), move |key| {
+        if let Some(expiry) = tls::not_after(key) {
+            expiry_gauge.certificate_expiry.set(expiry);
+        }
+    });
+
+    let status_source: StatusSource;
+    let backend: Arc<dyn Backend> = if args.standalone {
+        let policy = policy_or_default(args.policy.as_deref())?;
+        tracing::info!(gpus = ?args.gpus, policy = ?args.policy, "standalone mode: one implicit node named standalone");
+        let backend = Arc::new(StandaloneBackend::new(
+            policy,
+            Inventory::standalone(args.gpus),
+        ));
+        if let Some(path) = &args.policy {
+            let target = backend.clone();
+            policy_file::watch(path.clone(), POLICY_FILE_POLL, metrics.clone(), move |p| {
+                target.set_policy(p)
+            });
+        }
+        let view = backend.clone();
+        status_source = StatusSource {
+            label: "standalone: each request is checked on its own, nothing is stored, so usage stays 0".into(),
+            rows: Arc::new(move || {
+                let (policy, inventory) = view.snapshot();
+                status::rows(&inventory, &policy)
+            }),
+        };
+        backend
+    } else {
+        let fixed_policy = args.policy.as_deref().map(read_policy).transpose()?;
+        let backend =
+            crate::cluster::start(&args.policy_configmap, fixed_policy, metrics.clone()).await?;
+        if let Some(path) = &args.policy {
+            let target = backend.state.clone();
+            policy_file::watch(path.clone(), POLICY_FILE_POLL, metrics.clone(), move |p| {
+                target.set_policy(p)
+            });
+        }
+        let view = backend.state.clone();
+        status_source = StatusSource {
+            label: "cluster, as this replica's caches see it".into(),
+            rows: Arc::new(move || {
+                let (policy, inventory) = view.snapshot();
+                status::rows(&inventory, &policy)
+            }),
+        };
+        backend
+    };
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    tracing::info!("listening on https://{address}");
+    let state = Arc::new(AppState {
+        service: AdmissionService {
+            backend,
+            metrics: metrics.clone(),
+        },
+        metrics,
+        shutting_down: AtomicBool::new(false),
+        request_timeout: Limits::default().request_timeout,
+        status_page: args.status_page.then_some(status_source),
+    });
+    let limits = Limits {
+        max_connections: args.max_connections,
+        drain_delay: Duration::from_secs_f64(args.drain_delay.max(0.0)),
+        shutdown_timeout: Duration::from_secs_f64(args.shutdown_timeout.max(0.0)),
+        header_timeout: Duration::from_secs_f64(args.header_timeout.max(0.1)),
+        ..Limits::default()
+    };
+    server::serve(listener, tls_config, state, limits, shutdown_signal()).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler cannot fail at start-up");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+pub fn check(args: CheckArgs) -> ExitCode {
+    let policy = match policy_or_default(args.policy.as_deref()) {
+        Ok(policy) => policy,
+        Err(error) => return fail(&error),
+    };
+    let documents = match check::load(&args.files) {
+        Ok(documents) => documents,
+        Err(error) => return fail(&error.into()),
+    };
+    let report = check::check(documents, &policy, Inventory::standalone(args.gpus));
+    let to_stderr = args.output == Some(CheckOutput::Yaml);
+    for line in &report.lines {
+        if to_stderr {
+            eprintln!("{}", line.text);
+        } else {
+            println!("{}", line.text);
+        }
+        for warning in &line.warnings {
+            eprintln!("  warning: {warning}");
+        }
+    }
+    if to_stderr {
+        print!("{}", check::to_yaml(&report.objects));
+    }
+    if report.all_allowed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_DENIED)
+    }
+}
+
+pub fn certs(args: CertsArgs) -> ExitCode {
+    match crate::cli::certs::write(&args.out, &args.service, &args.namespace, args.days) {
+        Ok(written) => {
+            eprintln!(
+                "wrote {}, {} and {} (keys mode 0600); caBundle for the MutatingWebhookConfiguration:",
+                written.ca_cert.display(),
+                written.cert.display(),
+                written.key.display()
+            );
+            println!("{}", written.ca_bundle);
+            ExitCode::SUCCESS
+        }
+        Err(error) => fail(&error.into()),
+    }
+}
+
+pub async fn status(args: StatusArgs) -> ExitCode {
+    let result = if args.from.is_empty() {
+        // The kube client retries some failures by itself; a status query must still end.
+        let fixed_policy = match args.policy.as_deref().map(read_policy).transpose() {
+            Ok(policy) => policy,
+            Err(error) => return fail(&error),
+        };
+        let read = crate::cluster::snapshot(&args.policy_configmap, fixed_policy);
+        match tokio::time::timeout(STATUS_TIMEOUT, read).await {
+            Ok(result) => result,
+            Err(_) => Err(anyhow::anyhow!(
+                "cannot read the cluster within {STATUS_TIMEOUT:?}"
+            )),
+        }
+    } else {
+        policy_or_default(args.policy.as_deref()).and_then(|policy| {
+            let documents = check::load(&args.from)?;
+            let report = check::check(documents, &policy, Inventory::standalone(args.gpus));
+            Ok((policy, report.inventory))
+        })
+    };
+    let (policy, inventory) = match result {
+        Ok(found) => found,
+        Err(error) => return fail(&error),
+    };
+    let rows = status::rows(&inventory, &policy);
+    match args.output {
+        StatusOutput::Table => print!("{}", status::render_table(&rows)),
+        StatusOutput::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).expect("rows serialize")
+        ),
+        StatusOutput::Html => {
+            let source = if args.from.is_empty() {
+                "cluster".to_owned()
+            } else {
+                format!("manifests: {}", args.from.join(", "))
+            };
+            let options = status_page::PageOptions {
+                source,
+                refresh_seconds: None,
+            };
+            print!("{}", status_page::render(&rows, &options));
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn fail(error: &anyhow::Error) -> ExitCode {
+    eprintln!("gpushare: {error:#}");
+    ExitCode::from(EXIT_ERROR)
+}

@@ -1,0 +1,390 @@
+//! The ledger: every replica's commitments, recorded in the API server (CONTRACT section 6a).
+//!
+//! One ConfigMap (`gpushare-system/gpushare-ledger`) holds one entry per committed workload:
+//! key `<Kind>.<namespace>.<name>`, value the claim as compact JSON with the time it was written.
+//! Admissions write it with a resourceVersion precondition (see `commit`), so two replicas can
+//! never both commit the last share of a GPU; `reconcile` brings it back in line with the stored
+//! workloads, as Kubernetes' quota controller recalculates ResourceQuota usage.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::core::claim::{Assigned, Claim, Share};
+use crate::core::domain::{GpuIndex, Mode, Percentage};
+use crate::core::inventory::Placement;
+use crate::core::workload::{Kind, WorkloadKey};
+
+/// How long an entry is trusted before the stored workloads must show it: the time between an
+/// admission's answer and the watch event of the stored object, with room for a busy API server.
+/// Commitments of workloads that were never stored are freed after this plus one reconcile period.
+pub const GRACE: Duration = Duration::from_secs(5);
+
+/// How often each replica reconciles the ledger with its caches.
+pub const RECONCILE_PERIOD: Duration = Duration::from_secs(2);
+
+/// One commitment, and when (Unix milliseconds, the writer's clock) it was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub claim: Claim,
+    pub written_ms: u64,
+}
+
+/// The ledger as last read from (or written to) the API server.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Ledger {
+    /// `None` while the ConfigMap does not exist.
+    pub resource_version: Option<String>,
+    pub entries: HashMap<WorkloadKey, Entry>,
+}
+
+/// One change to the ledger: what a workload now holds (`Some`), or that it holds nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Edit {
+    pub key: WorkloadKey,
+    pub claim: Option<Claim>,
+}
+
+/// The ConfigMap key of a workload. Kinds have no dots and namespaces are DNS labels, so the
+/// first two dots separate the parts even when a name has dots of its own.
+pub fn entry_key(key: &WorkloadKey) -> String {
+    format!("{}.{}.{}", key.kind, key.namespace, key.name)
+}
+
+pub fn parse_entry_key(text: &str) -> Option<WorkloadKey> {
+    let (kind, rest) = text.split_once('.')?;
+    let (namespace, name) = rest.split_once('.')?;
+    let kind = Kind::ALL.into_iter().find(|k| k.as_str() == kind)?;
+    (!namespace.is_empty() && !name.is_empty()).then(|| WorkloadKey::new(kind, namespace, name))
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Wire {
+    gpu: u32,
+    mode: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    percentage: Option<u64>,
+    pods: u32,
+    containers: u32,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    node_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    node_name: String,
+    written_ms: u64,
+}
+
+pub fn encode_entry(entry: &Entry) -> String {
+    let claim = &entry.claim;
+    let wire = Wire {
+        gpu: claim.gpu().0,
+        mode: claim.mode().as_str().to_string(),
+        percentage: claim
+            .assigned
+            .share
+            .percentage()
+            .map(|p| u64::from(p.get())),
+        pods: claim.pods,
+        containers: claim.containers,
+        node_selector: claim.placement.node_selector.clone(),
+        node_name: claim.placement.node_name.clone(),
+        written_ms: entry.written_ms,
+    };
+    serde_json::to_string(&wire).expect("entries serialize")
+}
+
+pub fn decode_entry(key: WorkloadKey, text: &str) -> Option<Entry> {
+    let wire: Wire = serde_json::from_str(text).ok()?;
+    let share = match Mode::parse(&wire.mode)? {
+        Mode::TimeSlicing => Share::TimeSlicing,
+        Mode::Mps => Share::Mps(Percentage::new(wire.percentage?)?),
+    };
+    Some(Entry {
+        claim: Claim {
+            key,
+            placement: Placement {
+                node_selector: wire.node_selector,
+                node_name: wire.node_name,
+            },
+            assigned: Assigned {
+                gpu: GpuIndex(wire.gpu),
+                share,
+            },
+            pods: wire.pods,
+            containers: wire.containers,
+        },
+        written_ms: wire.written_ms,
+    })
+}
+
+impl Ledger {
+    /// Reads the ConfigMap. An entry gpushare cannot read (edited by hand) is skipped with a log
+    /// line: the reconciler rewrites it from the stored workload.
+    pub fn from_configmap(cm: &ConfigMap) -> Ledger {
+        let mut entries = HashMap::new();
+        for (text_key, value) in cm.data.iter().flatten() {
+            let entry = parse_entry_key(text_key)
+                .and_then(|key| decode_entry(key.clone(), value).map(|e| (key, e)));
+            match entry {
+                Some((key, entry)) => {
+                    entries.insert(key, entry);
+                }
+                None => tracing::warn!(entry = %text_key, "unreadable ledger entry skipped"),
+            }
+        }
+        Ledger {
+            resource_version: cm.metadata.resource_version.clone(),
+            entries,
+        }
+    }
+
+    /// Whether the ledger already records what `edit` asks for (then nothing is written).
+    pub fn records(&self, edit: &Edit) -> bool {
+        match (&edit.claim, self.entries.get(&edit.key)) {
+            (Some(claim), Some(entry)) => entry.claim == *claim,
+            (None, None) => true,
+            _ => false,
+        }
+    }
+
+    /// Whether `other` is a later state of the same ConfigMap. Resource versions are etcd
+    /// revisions; an unparsable one is taken as newer, so a reading is never stuck.
+    pub fn is_older_than(&self, other: &Ledger) -> bool {
+        match (&self.resource_version, &other.resource_version) {
+            (Some(a), Some(b)) => match (a.parse::<u64>(), b.parse::<u64>()) {
+                (Ok(a), Ok(b)) => a < b,
+                _ => a != b,
+            },
+            (None, _) => true,
+            (Some(_), None) => false,
+        }
+    }
+
+    pub fn apply(&mut self, edits: &[Edit], written_ms: u64) {
+        for edit in edits {
+            match &edit.claim {
+                Some(claim) => {
+                    self.entries.insert(
+                        edit.key.clone(),
+                        Entry {
+                            claim: claim.clone(),
+                            written_ms,
+                        },
+                    );
+                }
+                None => {
+                    self.entries.remove(&edit.key);
+                }
+            }
+        }
+    }
+}
+
+/// The `data` of a JSON merge patch that makes `edits` (`null` removes a key).
+pub fn patch_data(edits: &[Edit], written_ms: u64) -> Map<String, Value> {
+    edits
+        .iter()
+        .map(|edit| {
+            let value = match &edit.claim {
+                Some(claim) => Value::String(encode_entry(&Entry {
+                    claim: claim.clone(),
+                    written_ms,
+                })),
+                None => Value::Null,
+            };
+            (entry_key(&edit.key), value)
+        })
+        .collect()
+}
+
+/// What the ledger must change to match the stored workloads (`stored`: the claim each cached
+/// workload holds). An entry the stored workloads do not show (never stored, deleted, or stored
+/// differently) is trusted for `GRACE` after it was written, then freed or corrected; a stored
+/// claim the ledger lacks (admitted before the ledger existed) is added.
+pub fn reconcile(ledger: &Ledger, stored: &HashMap<WorkloadKey, Claim>, now_ms: u64) -> Vec<Edit> {
+    let grace_ms = GRACE.as_millis() as u64;
+    let mut edits = Vec::new();
+    for (key, entry) in &ledger.entries {
+        let expired = now_ms.saturating_sub(entry.written_ms) >= grace_ms;
+        match stored.get(key) {
+            Some(claim) if *claim == entry.claim => {}
+            Some(claim) if expired => edits.push(Edit {
+                key: key.clone(),
+                claim: Some(claim.clone()),
+            }),
+            None if expired => edits.push(Edit {
+                key: key.clone(),
+                claim: None,
+            }),
+            _ => {}
+        }
+    }
+    for (key, claim) in stored {
+        if !ledger.entries.contains_key(key) {
+            edits.push(Edit {
+                key: key.clone(),
+                claim: Some(claim.clone()),
+            });
+        }
+    }
+    edits.sort_by(|a, b| a.key.cmp(&b.key));
+    edits
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(name: &str, gpu: u32, pods: u32, percentage: u64) -> Claim {
+        Claim {
+            key: WorkloadKey::new(Kind::Deployment, "ns", name),
+            placement: Placement {
+                node_selector: [("kubernetes.io/hostname".to_string(), "edge".to_string())].into(),
+                node_name: String::new(),
+            },
+            assigned: Assigned {
+                gpu: GpuIndex(gpu),
+                share: Share::Mps(Percentage::new(percentage).unwrap()),
+            },
+            pods,
+            containers: 1,
+        }
+    }
+
+    fn ledger(entries: &[(Claim, u64)]) -> Ledger {
+        Ledger {
+            resource_version: Some("7".into()),
+            entries: entries
+                .iter()
+                .map(|(c, at)| {
+                    (
+                        c.key.clone(),
+                        Entry {
+                            claim: c.clone(),
+                            written_ms: *at,
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn entries_round_trip_through_the_configmap_encoding() {
+        let job = Claim {
+            key: WorkloadKey::new(Kind::Job, "batch", "cuda.sample-1"),
+            placement: Placement::default(),
+            assigned: Assigned {
+                gpu: GpuIndex(1),
+                share: Share::TimeSlicing,
+            },
+            pods: 2,
+            containers: 3,
+        };
+        for claim in [claim("a", 0, 3, 20), job] {
+            let entry = Entry {
+                claim: claim.clone(),
+                written_ms: 1_764_650_000_123,
+            };
+            let key = parse_entry_key(&entry_key(&claim.key)).unwrap();
+            assert_eq!(key, claim.key);
+            assert_eq!(decode_entry(key, &encode_entry(&entry)), Some(entry));
+        }
+        assert_eq!(parse_entry_key("Gizmo.ns.x"), None);
+        assert_eq!(parse_entry_key("Deployment.ns"), None);
+        assert!(decode_entry(claim("a", 0, 1, 1).key, "{\"gpu\":0}").is_none());
+    }
+
+    #[test]
+    fn an_entry_the_stored_workloads_do_not_show_is_freed_after_the_grace_period() {
+        let unstored = claim("unstored", 0, 1, 60);
+        let ledger = ledger(&[(unstored.clone(), 10_000)]);
+        let stored = HashMap::new();
+        assert!(
+            reconcile(&ledger, &stored, 10_000 + 4_999).is_empty(),
+            "still in grace"
+        );
+        assert_eq!(
+            reconcile(&ledger, &stored, 10_000 + 5_000),
+            vec![Edit {
+                key: unstored.key,
+                claim: None
+            }]
+        );
+    }
+
+    #[test]
+    fn a_stored_claim_is_kept_corrected_or_added() {
+        let kept = claim("kept", 0, 1, 20);
+        let scaled = claim("scaled", 0, 2, 20);
+        let old = claim("scaled", 0, 1, 20);
+        let missing = claim("missing", 1, 1, 10);
+        let ledger = ledger(&[(kept.clone(), 0), (old, 0)]);
+        let stored: HashMap<_, _> = [&kept, &scaled, &missing]
+            .into_iter()
+            .map(|c| (c.key.clone(), c.clone()))
+            .collect();
+        assert_eq!(
+            reconcile(&ledger, &stored, 60_000),
+            vec![
+                Edit {
+                    key: missing.key.clone(),
+                    claim: Some(missing)
+                },
+                Edit {
+                    key: scaled.key.clone(),
+                    claim: Some(scaled)
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_fresh_entry_wins_over_a_stale_stored_object() {
+        // An UPDATE moved the workload to GPU 1; the cache still shows GPU 0.
+        let moved = claim("m", 1, 1, 20);
+        let ledger = ledger(&[(moved, 9_000)]);
+        let stored: HashMap<_, _> = [(claim("m", 0, 1, 20).key, claim("m", 0, 1, 20))].into();
+        assert!(reconcile(&ledger, &stored, 10_000).is_empty());
+    }
+
+    #[test]
+    fn records_and_patch_data() {
+        let a = claim("a", 0, 1, 20);
+        let ledger = ledger(&[(a.clone(), 0)]);
+        assert!(ledger.records(&Edit {
+            key: a.key.clone(),
+            claim: Some(a.clone())
+        }));
+        assert!(!ledger.records(&Edit {
+            key: a.key.clone(),
+            claim: None
+        }));
+        assert!(ledger.records(&Edit {
+            key: claim("b", 0, 1, 1).key,
+            claim: None
+        }));
+        let data = patch_data(
+            &[Edit {
+                key: a.key.clone(),
+                claim: None,
+            }],
+            0,
+        );
+        assert_eq!(data.get("Deployment.ns.a"), Some(&Value::Null));
+    }
+
+    #[test]
+    fn newer_resource_versions_compare_as_revisions() {
+        let at = |rv: &str| Ledger {
+            resource_version: Some(rv.into()),
+            ..Ledger::default()
+        };
+        assert!(at("9").is_older_than(&at("10")));
+        assert!(!at("10").is_older_than(&at("9")));
+        assert!(Ledger::default().is_older_than(&at("1")));
+    }
+}

@@ -1,0 +1,18 @@
+//! The functional core: parsed once at the edge into typed values, then decided by one pure
+//! function. No I/O, no clock, no shared state; the webhook, `check` and the cluster shells all
+//! call it, so they can never disagree.
+
+pub mod annotations;
+pub mod claim;
+mod containers;
+pub mod decision;
+pub mod domain;
+pub mod inventory;
+mod mutation;
+mod patch;
+mod placement;
+pub mod policy;
+pub mod scale;
+pub mod status;
+pub mod verdict;
+pub mod workload;

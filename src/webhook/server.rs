@@ -1,0 +1,274 @@
+//! The HTTPS server: routes (`/mutate`, `/healthz`, `/readyz`, `/metrics`), and an accept loop
+//! with bounded connections, TLS handshake and header-read timeouts, and graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+use crate::webhook::metrics::Metrics;
+use crate::webhook::service::AdmissionService;
+
+/// Bodies above this get 413: a Deployment is far smaller, and the API server's own limit is 3 MiB.
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    pub header_timeout: Duration,
+    /// Must stay below the webhook's `timeoutSeconds` (5 s) so the API server gets our answer.
+    pub request_timeout: Duration,
+    /// After SIGTERM, how long to keep serving while endpoints drop this pod.
+    pub drain_delay: Duration,
+    /// Then, how long in-flight requests may take to finish.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            handshake_timeout: Duration::from_secs(5),
+            header_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(4),
+            drain_delay: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+pub struct AppState {
+    pub service: AdmissionService,
+    pub metrics: Arc<Metrics>,
+    pub shutting_down: AtomicBool,
+    pub request_timeout: Duration,
+    /// `--status-page`: the rows behind `GET /status`.
+    pub status_page: Option<crate::webhook::status_page::StatusSource>,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let status_page = state.status_page.clone();
+    let router = Router::new()
+        .route("/mutate", post(mutate))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state);
+    match status_page {
+        Some(source) => router.merge(crate::webhook::status_page::router(
+            source,
+            STATUS_PAGE_REFRESH_SECONDS,
+        )),
+        None => router,
+    }
+}
+
+/// How often the served status page reloads itself.
+const STATUS_PAGE_REFRESH_SECONDS: u32 = 10;
+
+async fn mutate(State(state): State<Arc<AppState>>, request: Request<Body>) -> Response {
+    let body =
+        match tokio::time::timeout(state.request_timeout, read_body(request.into_body())).await {
+            Ok(Ok(body)) => body,
+            Ok(Err(BodyError::TooLarge)) => {
+                return (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body exceeds {MAX_BODY_BYTES} bytes\n"),
+                )
+                    .into_response()
+            }
+            Ok(Err(BodyError::Read(error))) => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read request body: {error}\n"),
+                )
+                    .into_response()
+            }
+            Err(_) => {
+                return (
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request body not received in time\n",
+                )
+                    .into_response()
+            }
+        };
+    match state.service.review(&body).await {
+        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Err(error) => (StatusCode::BAD_REQUEST, format!("{error}\n")).into_response(),
+    }
+}
+
+enum BodyError {
+    TooLarge,
+    Read(axum::Error),
+}
+
+/// Reads at most `MAX_BODY_BYTES`. Past that, the rest is read and discarded (up to a bound) so
+/// the client receives the 413 instead of a connection reset; it is never buffered.
+async fn read_body(body: Body) -> Result<Vec<u8>, BodyError> {
+    const DISCARD_LIMIT: usize = 8 * MAX_BODY_BYTES;
+    let mut stream = body.into_data_stream();
+    let mut buffer = Vec::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
+        let chunk = chunk.map_err(BodyError::Read)?;
+        seen = seen.saturating_add(chunk.len());
+        if seen <= MAX_BODY_BYTES {
+            buffer.extend_from_slice(&chunk);
+        } else if seen > DISCARD_LIMIT {
+            break;
+        }
+    }
+    if seen > MAX_BODY_BYTES {
+        Err(BodyError::TooLarge)
+    } else {
+        Ok(buffer)
+    }
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.shutting_down.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    } else if !state.service.backend.ready() {
+        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced yet\n").into_response()
+    } else {
+        "ok".into_response()
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Serves HTTPS on `listener` until `shutdown` completes: then `/readyz` turns 503, the listener
+/// keeps serving for the drain delay, stops accepting, and in-flight requests get up to the
+/// shutdown timeout to finish.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    state: Arc<AppState>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let app = router(state.clone());
+    let on_shutdown = {
+        let state = state.clone();
+        async move {
+            shutdown.await;
+            state.shutting_down.store(true, Ordering::Relaxed);
+        }
+    };
+    serve_app(
+        listener,
+        tls,
+        app,
+        state.metrics.clone(),
+        limits,
+        on_shutdown,
+    )
+    .await
+}
+
+/// The accept loop for any router (the benchmark's ceiling reuses it). `shutdown` completing
+/// starts the drain delay.
+pub async fn serve_app(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    app: Router,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    builder.http2().timer(TokioTimer::new());
+
+    let drain = async {
+        shutdown.await;
+        tracing::info!(drain_delay = ?limits.drain_delay, "shutdown requested: readiness off, still serving");
+        tokio::time::sleep(limits.drain_delay).await;
+    };
+    tokio::pin!(drain);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut drain => break,
+            permit = connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = &mut drain => break,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(error) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let service = TowerToHyperService::new(app.clone());
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let metrics = metrics.clone();
+        let handshake_timeout = limits.handshake_timeout;
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => return handshake_failed(&metrics, peer, &error.to_string()),
+                Err(_) => return handshake_failed(&metrics, peer, "handshake timed out"),
+            };
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            if let Err(error) = watcher.watch(connection).await {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracing::info!(timeout = ?limits.shutdown_timeout, "stopped accepting; finishing in-flight requests");
+    if tokio::time::timeout(limits.shutdown_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not finish in time");
+    }
+}
+
+fn handshake_failed(metrics: &Metrics, peer: SocketAddr, reason: &str) {
+    metrics.tls_handshake_failures.inc();
+    tracing::debug!(%peer, reason, "TLS handshake failed");
+}
