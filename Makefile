@@ -79,7 +79,7 @@ controlplane:
 
 # The end-to-end suite against `make cluster` (started when needed), through the real kubectl and
 # kube-apiserver. Tests run one at a time: some change the cluster-wide policy or stop components.
-e2e: cluster
+e2e: cluster helm
 	$(CARGO) test --locked --features e2e --test e2e -- --test-threads=1
 
 clean:

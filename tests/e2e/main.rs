@@ -8,6 +8,7 @@
 
 mod kinds;
 mod ledger;
+mod packaging;
 mod support;
 
 use serde_json::Value;
