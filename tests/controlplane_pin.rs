@@ -8,14 +8,20 @@ fn read(path: &str) -> String {
     std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
 }
 
-#[test]
-fn k8s_openapi_feature_matches_the_pinned_kubernetes_release() {
+/// The control-plane module and the `1.x.y` after `k8s.io/kubernetes v1.` in it, e.g. `36.3`.
+fn pinned() -> (String, String) {
     let go_mod = read("tests/tools/controlplane/go.mod");
     let version = go_mod
         .lines()
-        .filter_map(|l| l.trim().strip_prefix("k8s.io/kubernetes v1."))
-        .next()
-        .expect("go.mod requires k8s.io/kubernetes v1.x");
+        .find_map(|l| l.trim().strip_prefix("k8s.io/kubernetes v1."))
+        .expect("go.mod requires k8s.io/kubernetes v1.x")
+        .to_string();
+    (go_mod, version)
+}
+
+#[test]
+fn k8s_openapi_feature_matches_the_pinned_kubernetes_release() {
+    let (_, version) = pinned();
     let minor = version.split('.').next().expect("a minor version");
 
     let cargo = read("Cargo.toml");
@@ -31,12 +37,7 @@ fn k8s_openapi_feature_matches_the_pinned_kubernetes_release() {
 
 #[test]
 fn every_staging_module_is_pinned_to_the_same_release() {
-    let go_mod = read("tests/tools/controlplane/go.mod");
-    let version = go_mod
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("k8s.io/kubernetes v1."))
-        .next()
-        .expect("go.mod requires k8s.io/kubernetes v1.x");
+    let (go_mod, version) = pinned();
     let staging = format!("v0.{version}");
     let replaces: Vec<&str> = go_mod.lines().filter(|l| l.contains(" => ")).collect();
     assert!(

@@ -71,23 +71,6 @@ impl Drop for Replica {
     }
 }
 
-fn status_of(base: &str, path: &str) -> String {
-    let mut command = Command::new("curl");
-    command.args([
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "--max-time",
-        "5",
-        "--cacert",
-        env_var("GPUSHARE_WEBHOOK_CA"),
-    ]);
-    command.arg(format!("{base}{path}"));
-    run(&mut command, None).stdout
-}
-
 /// The replica `make cluster` started: the one kube-apiserver calls.
 pub fn cluster_replica_url() -> String {
     env_var("GPUSHARE_WEBHOOK_URL").to_string()

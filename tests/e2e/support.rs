@@ -354,10 +354,14 @@ pub fn assert_denied(run: &Run, prefix: &str, fragment: &str) {
     );
 }
 
-/// The HTTP status of a GET to gpushare's own HTTPS endpoint (`/readyz`), trusting its dev CA;
-/// "000" when it does not answer.
+/// The HTTP status of a GET to the `make cluster` replica's own endpoint (`/readyz`).
 pub fn webhook_status(path: &str) -> String {
-    let url = format!("{}{path}", env_var("GPUSHARE_WEBHOOK_URL"));
+    status_of(env_var("GPUSHARE_WEBHOOK_URL"), path)
+}
+
+/// The HTTP status of a GET to a gpushare replica at `base`, trusting the webhook's dev CA;
+/// "000" when it does not answer.
+pub fn status_of(base: &str, path: &str) -> String {
     let mut command = Command::new("curl");
     command.args([
         "-s",
@@ -368,8 +372,9 @@ pub fn webhook_status(path: &str) -> String {
         "--max-time",
         "5",
         "--cacert",
-        env_var("GPUSHARE_WEBHOOK_CA"),
-        &url,
     ]);
+    command
+        .arg(env_var("GPUSHARE_WEBHOOK_CA"))
+        .arg(format!("{base}{path}"));
     run(&mut command, None).stdout
 }
