@@ -393,7 +393,7 @@ fn status_html_from_manifests_shows_each_gpu_with_its_bars_and_modules() {
     );
     assert!(clients.text().contains("3 of 48"), "{}", clients.text());
     assert_eq!(fill_width(clients), "width: 6%");
-    assert_eq!(modules(gpu0), ["edge/tracker"]);
+    assert_eq!(modules(gpu0), ["edge/Deployment/tracker"]);
 
     let gpu1 = &gpus[&key("1")];
     assert_eq!(gpu1.attr("data-mode"), "mps");
@@ -411,7 +411,7 @@ fn status_html_from_manifests_shows_each_gpu_with_its_bars_and_modules() {
         (clients.attr("data-used"), clients.attr("data-limit")),
         ("3", "48")
     );
-    assert_eq!(modules(gpu1), ["edge/classifier", "edge/detector"]);
+    assert_eq!(modules(gpu1), ["edge/Deployment/classifier", "edge/Deployment/detector"]);
 
     browser.screenshot(&url, "status-page-from-manifests.png");
 }
@@ -523,7 +523,7 @@ fn status_html_needs_no_browser_to_be_complete() {
     assert_self_contained(&page);
     // Without the policy file GPU 1 is time-slicing: the mps modules are denied by check and
     // only the time-slicing module is shown.
-    assert!(page.contains("edge/tracker"));
+    assert!(page.contains("edge/Deployment/tracker"));
 }
 
 /// In cluster mode the page shows what the replica's caches hold: here a Deployment admitted
