@@ -411,7 +411,10 @@ fn status_html_from_manifests_shows_each_gpu_with_its_bars_and_modules() {
         (clients.attr("data-used"), clients.attr("data-limit")),
         ("3", "48")
     );
-    assert_eq!(modules(gpu1), ["edge/Deployment/classifier", "edge/Deployment/detector"]);
+    assert_eq!(
+        modules(gpu1),
+        ["edge/Deployment/classifier", "edge/Deployment/detector"]
+    );
 
     browser.screenshot(&url, "status-page-from-manifests.png");
 }
