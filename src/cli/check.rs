@@ -5,6 +5,8 @@
 
 use std::io::Read;
 
+use std::collections::HashMap;
+
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -13,7 +15,7 @@ use crate::core::decision::{self, Operation, Request};
 use crate::core::inventory::Inventory;
 use crate::core::policy::Policy;
 use crate::core::verdict::{Outcome, Verdict};
-use crate::core::workload::{Kind, RawObject, Workload};
+use crate::core::workload::{Kind, RawObject, Workload, WorkloadKey};
 
 /// Input that cannot be checked at all (exit code 2).
 #[derive(Debug, thiserror::Error)]
@@ -201,11 +203,26 @@ impl Report {
 const EXAMINED: &str =
     "apps/v1 Deployment, ReplicaSet, StatefulSet, DaemonSet; batch/v1 Job, CronJob; v1 Pod";
 
+/// The workloads already stored in a cluster, by key: a document with the same key is decided as
+/// an UPDATE of the stored object (it keeps its GPU, and its old claim is replaced, not added to).
+pub type Stored = HashMap<WorkloadKey, Workload>;
+
 /// Decides every workload in order, each admitted claim counting against the next.
-pub fn check(documents: Vec<Document>, policy: &Policy, mut inventory: Inventory) -> Report {
+pub fn check(documents: Vec<Document>, policy: &Policy, inventory: Inventory) -> Report {
+    check_against(documents, policy, inventory, &Stored::new())
+}
+
+/// `check` against a live cluster (`apply`): `inventory` holds the stored claims, and a document
+/// that names a `stored` workload is decided as its UPDATE, as the webhook would decide it.
+pub fn check_against(
+    documents: Vec<Document>,
+    policy: &Policy,
+    mut inventory: Inventory,
+    stored: &Stored,
+) -> Report {
     let mut report = Report::default();
     for Document { value, .. } in documents {
-        let (value, line) = check_one(value, policy, &mut inventory);
+        let (value, line) = check_one(value, policy, &mut inventory, stored);
         report.objects.push(value);
         report.lines.extend(line);
     }
@@ -233,6 +250,7 @@ fn check_one(
     mut value: Value,
     policy: &Policy,
     inventory: &mut Inventory,
+    stored: &Stored,
 ) -> (Value, Option<Line>) {
     let (api_version, kind_name) = (text_at(&value, "/apiVersion"), text_at(&value, "/kind"));
     let name = text_at(&value, "/metadata/name").to_string();
@@ -263,10 +281,14 @@ fn check_one(
         }
     };
     let workload = Workload::from_raw(kind, raw);
+    let old_object = stored.get(&workload.key);
     let request = Request {
-        operation: Operation::Create,
+        operation: match old_object {
+            Some(_) => Operation::Update,
+            None => Operation::Create,
+        },
         object: &workload,
-        old_object: None,
+        old_object,
     };
     let mutation = match decision::decide(&request, policy, inventory) {
         Verdict::Denied(denial) => return (value, denied(denial.message)),
@@ -275,6 +297,10 @@ fn check_one(
     if let Err(error) = json_patch::patch(&mut value, &mutation.patch) {
         let line = denied(format!("internal error applying the patch: {error}"));
         return (value, line);
+    }
+    if !matches!(mutation.outcome, Outcome::Assigned(_)) {
+        // An UPDATE that leaves the workload holding nothing frees what the stored one held.
+        inventory.free(&workload.key);
     }
     let summary = match mutation.outcome {
         Outcome::Controlled(controller) => {
