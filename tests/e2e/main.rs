@@ -7,6 +7,7 @@
 //! and works in a namespace of its own, so GPU capacity is never shared between tests.
 
 mod ledger;
+mod plugin;
 mod support;
 
 use serde_json::Value;
