@@ -256,6 +256,44 @@ async fn a_namespace_only_user_decides_on_gpus_and_its_namespaces_workloads() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_kinds_are_applied_beside_and_a_refusal_by_the_api_server_exits_1() {
+    let setup = Setup::new(vec![node("edge-1", 2)]).await;
+    let config =
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {mode: fast}\n";
+    let both = setup.file(
+        "app.yaml",
+        &format!("{config}---\n{}", deployment("nbody", 1, "0")),
+    );
+    let output = setup.apply(&[&both], &[]);
+    let (stdout, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
+    assert_eq!(
+        stdout,
+        "ALLOWED team/Deployment/nbody gpu=0 mode=time-slicing\nconfigmap/settings serverside-applied\n\
+         deployment.apps/nbody serverside-applied\n"
+    );
+    assert_eq!(
+        setup
+            .api
+            .get("ConfigMap", Some(NS), "settings")
+            .expect("stored")["data"]["mode"],
+        "fast"
+    );
+
+    setup
+        .api
+        .fail_requests("/apis/apps/v1/namespaces/team/deployments/nbody", 403);
+    let output = setup.apply(&[&both], &[]);
+    let (_, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("deployment.apps/nbody: the API server did not apply it")
+            && stderr.contains("applied before it: configmap/settings"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreadable_input_and_a_foreign_namespace_exit_2_before_any_request() {
     let setup = Setup::new(vec![node("edge-1", 2)]).await;
     let missing = setup.dir.path().join("missing.yaml");

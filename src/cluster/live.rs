@@ -44,7 +44,9 @@ pub struct Fallbacks {
 
 /// A client from KUBECONFIG, `~/.kube/config` or the pod's ServiceAccount, as kubectl would find it.
 pub async fn connect() -> anyhow::Result<Client> {
-    super::client().await
+    Client::try_default().await.context(
+        "no cluster configuration (KUBECONFIG, ~/.kube/config or in-cluster); `gpushare check` decides offline",
+    )
 }
 
 fn forbidden(error: &kube::Error) -> bool {
