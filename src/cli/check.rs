@@ -342,3 +342,48 @@ pub fn to_yaml(objects: &[Value]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::claim::Claim;
+
+    fn document(yaml: &str) -> Document {
+        Document {
+            source: "test".into(),
+            value: serde_yaml::from_str(yaml).expect("yaml"),
+        }
+    }
+
+    const AUTO: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: m, namespace: team, \
+        annotations: {gpushare.io/gpu: auto}}\nspec: {template: {spec: {containers: [{name: c}]}}}\n";
+
+    #[test]
+    fn a_document_naming_a_stored_workload_is_its_update_and_keeps_its_gpu() {
+        let stored_yaml = AUTO.replace(
+            "gpushare.io/gpu: auto}",
+            "gpushare.io/gpu: auto, gpushare.io/assigned-gpu: \"1\", gpushare.io/assigned-mode: time-slicing}",
+        );
+        let raw = RawObject::deserialize(&document(&stored_yaml).value).expect("raw");
+        let stored_workload = Workload::from_raw(Kind::Deployment, raw);
+        let claim = Claim::of_stored(&stored_workload).expect("a stored claim");
+        let mut inventory = Inventory::standalone(Some(2));
+        inventory.hold(claim);
+        let stored = Stored::from([(stored_workload.key.clone(), stored_workload)]);
+        let policy = Policy::default();
+
+        // As a CREATE, auto picks GPU 0 (least loaded: the stored claim holds GPU 1).
+        let created = check(vec![document(AUTO)], &policy, inventory.clone());
+        assert_eq!(
+            created.lines[0].text,
+            "ALLOWED team/Deployment/m gpu=0 mode=time-slicing"
+        );
+        // As the UPDATE of the stored workload, it keeps GPU 1 and its claim is not counted twice.
+        let updated = check_against(vec![document(AUTO)], &policy, inventory, &stored);
+        assert_eq!(
+            updated.lines[0].text,
+            "ALLOWED team/Deployment/m gpu=1 mode=time-slicing"
+        );
+        assert_eq!(updated.inventory.claims().count(), 1);
+    }
+}
