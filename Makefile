@@ -3,7 +3,14 @@ CARGO ?= cargo
 BIN := target/debug/gpushare
 KUBECTL ?= kubectl
 
-.PHONY: build run test lint fmt certs check-examples deploy undeploy bench clean cluster cluster-down e2e controlplane
+.PHONY: build run test lint fmt certs check-examples deploy undeploy bench clean cluster cluster-down e2e controlplane install
+
+# `make install`: gpushare and the kubectl plugin kubectl-gpushare (a link to it) into BINDIR.
+# PROFILE=dev installs the debug build (fast, for trying it out).
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+PROFILE ?= release
+PROFILE_DIR := $(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
 
 build:
 	$(CARGO) build
@@ -84,6 +91,15 @@ e2e: cluster helm
 
 clean:
 	$(CARGO) clean
+
+# kubectl finds plugins as executables named kubectl-<name> on the PATH; the binary behaves as
+# `gpushare` under either name (`kubectl gpushare status`, `check`, `apply -f`).
+install:
+	$(CARGO) build --locked --profile $(PROFILE)
+	install -d $(DESTDIR)$(BINDIR)
+	install -m 0755 target/$(PROFILE_DIR)/gpushare $(DESTDIR)$(BINDIR)/gpushare
+	ln -sf gpushare $(DESTDIR)$(BINDIR)/kubectl-gpushare
+	@echo "installed $(DESTDIR)$(BINDIR)/gpushare and $(DESTDIR)$(BINDIR)/kubectl-gpushare; try: kubectl gpushare status"
 
 # ---- The Helm chart -------------------------------------------------------------------------
 # `make chart-test` builds Helm from its Go module (tests/tools/helm pins the release; Go's

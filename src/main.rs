@@ -2,12 +2,12 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use gpushare::cli::args::{Cli, Command, LogFormat};
 use gpushare::cli::commands;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Also the kubectl plugin: kubectl runs `kubectl-gpushare`, a copy of or link to this binary.
+    let cli = Cli::from_env();
     match cli.command {
         Command::Check(args) => commands::check(args),
         Command::Certs(args) => commands::certs(args),
@@ -24,6 +24,10 @@ fn main() -> ExitCode {
         Command::Status(args) => {
             let _logs = commands::init_logging(LogFormat::Text);
             runtime().block_on(commands::status(args))
+        }
+        Command::Apply(args) => {
+            let _logs = commands::init_logging(LogFormat::Text);
+            runtime().block_on(commands::apply(args))
         }
     }
 }

@@ -1,9 +1,13 @@
 //! The command line (clap). Only parsing lives here; `main.rs` turns it into running code.
 
+use std::ffi::{OsStr, OsString};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+
+/// The file name kubectl runs for `kubectl gpushare` (a copy of, or a link to, this binary).
+pub const PLUGIN_NAME: &str = "kubectl-gpushare";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -16,6 +20,31 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// Parses the process's arguments. Invoked as `kubectl-gpushare` (by kubectl, or directly),
+    /// it is the same program; help and usage then name it `kubectl gpushare`.
+    pub fn from_env() -> Cli {
+        Cli::from_args(std::env::args_os())
+    }
+
+    pub fn from_args(args: impl IntoIterator<Item = OsString>) -> Cli {
+        let args: Vec<OsString> = args.into_iter().collect();
+        let mut command = Cli::command();
+        if args.first().is_some_and(|argv0| is_plugin(argv0.as_ref())) {
+            command = command.bin_name("kubectl gpushare");
+        }
+        let matches = command.get_matches_from(args);
+        Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
+    }
+}
+
+/// Whether argv[0] names the kubectl plugin (kubectl passes the plugin's full path).
+pub fn is_plugin(argv0: &OsStr) -> bool {
+    Path::new(argv0)
+        .file_name()
+        .is_some_and(|name| name == PLUGIN_NAME)
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTPS admission webhook.
@@ -26,6 +55,9 @@ pub enum Command {
     Certs(CertsArgs),
     /// Show modules, client processes and committed MPS percentage per node and GPU.
     Status(StatusArgs),
+    /// Decide manifests against the live cluster and, only when all are allowed, apply them
+    /// mutated with server-side apply (for users who may not register webhooks).
+    Apply(ApplyArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -101,6 +133,25 @@ pub struct CheckArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// YAML or JSON files, or `-` for standard input (repeat -f, or list several after it).
+    #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+    pub files: Vec<String>,
+    /// The namespace of objects that name none (default: the kubeconfig context's).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// Policy file; without it the policy ConfigMap when readable, else the embedded default.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// GPU count of one implicit node, used when the nodes are not readable.
+    #[arg(long)]
+    pub gpus: Option<u32>,
+    /// The policy ConfigMap, as NAMESPACE/NAME.
+    #[arg(long, default_value = "gpushare-system/gpushare-policy")]
+    pub policy_configmap: String,
+}
+
+#[derive(Debug, Args)]
 pub struct CertsArgs {
     /// Folder for ca.crt, ca.key, tls.crt, tls.key.
     #[arg(long, default_value = "certs")]
@@ -137,4 +188,41 @@ pub struct StatusArgs {
     /// The policy ConfigMap, as NAMESPACE/NAME.
     #[arg(long, default_value = "gpushare-system/gpushare-policy")]
     pub policy_configmap: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plugin_name_is_recognised_by_file_name_only() {
+        assert!(is_plugin(OsStr::new("kubectl-gpushare")));
+        assert!(is_plugin(OsStr::new("/usr/local/bin/kubectl-gpushare")));
+        assert!(!is_plugin(OsStr::new("/usr/local/bin/gpushare")));
+        assert!(!is_plugin(OsStr::new("kubectl-gpushare-old")));
+    }
+
+    #[test]
+    fn apply_takes_files_after_one_or_several_f_flags() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args.iter().map(OsString::from));
+        let Ok(Cli {
+            command: Command::Apply(apply),
+        }) = parse(&[
+            "kubectl-gpushare",
+            "apply",
+            "-f",
+            "a.yaml",
+            "b.yaml",
+            "-f",
+            "-",
+            "-n",
+            "team",
+        ])
+        else {
+            panic!("apply parses");
+        };
+        assert_eq!(apply.files, ["a.yaml", "b.yaml", "-"]);
+        assert_eq!(apply.namespace.as_deref(), Some("team"));
+        assert!(parse(&["gpushare", "apply"]).is_err(), "-f is required");
+    }
 }

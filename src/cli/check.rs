@@ -5,6 +5,8 @@
 
 use std::io::Read;
 
+use std::collections::HashMap;
+
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -13,7 +15,7 @@ use crate::core::decision::{self, Operation, Request};
 use crate::core::inventory::Inventory;
 use crate::core::policy::Policy;
 use crate::core::verdict::{Outcome, Verdict};
-use crate::core::workload::{Kind, RawObject, Workload};
+use crate::core::workload::{Kind, RawObject, Workload, WorkloadKey};
 
 /// Input that cannot be checked at all (exit code 2).
 #[derive(Debug, thiserror::Error)]
@@ -201,11 +203,26 @@ impl Report {
 const EXAMINED: &str =
     "apps/v1 Deployment, ReplicaSet, StatefulSet, DaemonSet; batch/v1 Job, CronJob; v1 Pod";
 
+/// The workloads already stored in a cluster, by key: a document with the same key is decided as
+/// an UPDATE of the stored object (it keeps its GPU, and its old claim is replaced, not added to).
+pub type Stored = HashMap<WorkloadKey, Workload>;
+
 /// Decides every workload in order, each admitted claim counting against the next.
-pub fn check(documents: Vec<Document>, policy: &Policy, mut inventory: Inventory) -> Report {
+pub fn check(documents: Vec<Document>, policy: &Policy, inventory: Inventory) -> Report {
+    check_against(documents, policy, inventory, &Stored::new())
+}
+
+/// `check` against a live cluster (`apply`): `inventory` holds the stored claims, and a document
+/// that names a `stored` workload is decided as its UPDATE, as the webhook would decide it.
+pub fn check_against(
+    documents: Vec<Document>,
+    policy: &Policy,
+    mut inventory: Inventory,
+    stored: &Stored,
+) -> Report {
     let mut report = Report::default();
     for Document { value, .. } in documents {
-        let (value, line) = check_one(value, policy, &mut inventory);
+        let (value, line) = check_one(value, policy, &mut inventory, stored);
         report.objects.push(value);
         report.lines.extend(line);
     }
@@ -233,6 +250,7 @@ fn check_one(
     mut value: Value,
     policy: &Policy,
     inventory: &mut Inventory,
+    stored: &Stored,
 ) -> (Value, Option<Line>) {
     let (api_version, kind_name) = (text_at(&value, "/apiVersion"), text_at(&value, "/kind"));
     let name = text_at(&value, "/metadata/name").to_string();
@@ -263,10 +281,14 @@ fn check_one(
         }
     };
     let workload = Workload::from_raw(kind, raw);
+    let old_object = stored.get(&workload.key);
     let request = Request {
-        operation: Operation::Create,
+        operation: match old_object {
+            Some(_) => Operation::Update,
+            None => Operation::Create,
+        },
         object: &workload,
-        old_object: None,
+        old_object,
     };
     let mutation = match decision::decide(&request, policy, inventory) {
         Verdict::Denied(denial) => return (value, denied(denial.message)),
@@ -275,6 +297,10 @@ fn check_one(
     if let Err(error) = json_patch::patch(&mut value, &mutation.patch) {
         let line = denied(format!("internal error applying the patch: {error}"));
         return (value, line);
+    }
+    if !matches!(mutation.outcome, Outcome::Assigned(_)) {
+        // An UPDATE that leaves the workload holding nothing frees what the stored one held.
+        inventory.free(&workload.key);
     }
     let summary = match mutation.outcome {
         Outcome::Controlled(controller) => {
@@ -315,4 +341,49 @@ pub fn to_yaml(objects: &[Value]) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::claim::Claim;
+
+    fn document(yaml: &str) -> Document {
+        Document {
+            source: "test".into(),
+            value: serde_yaml::from_str(yaml).expect("yaml"),
+        }
+    }
+
+    const AUTO: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: m, namespace: team, \
+        annotations: {gpushare.io/gpu: auto}}\nspec: {template: {spec: {containers: [{name: c}]}}}\n";
+
+    #[test]
+    fn a_document_naming_a_stored_workload_is_its_update_and_keeps_its_gpu() {
+        let stored_yaml = AUTO.replace(
+            "gpushare.io/gpu: auto}",
+            "gpushare.io/gpu: auto, gpushare.io/assigned-gpu: \"1\", gpushare.io/assigned-mode: time-slicing}",
+        );
+        let raw = RawObject::deserialize(&document(&stored_yaml).value).expect("raw");
+        let stored_workload = Workload::from_raw(Kind::Deployment, raw);
+        let claim = Claim::of_stored(&stored_workload).expect("a stored claim");
+        let mut inventory = Inventory::standalone(Some(2));
+        inventory.hold(claim);
+        let stored = Stored::from([(stored_workload.key.clone(), stored_workload)]);
+        let policy = Policy::default();
+
+        // As a CREATE, auto picks GPU 0 (least loaded: the stored claim holds GPU 1).
+        let created = check(vec![document(AUTO)], &policy, inventory.clone());
+        assert_eq!(
+            created.lines[0].text,
+            "ALLOWED team/Deployment/m gpu=0 mode=time-slicing"
+        );
+        // As the UPDATE of the stored workload, it keeps GPU 1 and its claim is not counted twice.
+        let updated = check_against(vec![document(AUTO)], &policy, inventory, &stored);
+        assert_eq!(
+            updated.lines[0].text,
+            "ALLOWED team/Deployment/m gpu=1 mode=time-slicing"
+        );
+        assert_eq!(updated.inventory.claims().count(), 1);
+    }
 }

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
+use crate::cli::apply::ApplyError;
 use crate::cli::args::{
-    CertsArgs, CheckArgs, CheckOutput, LogFormat, ServeArgs, StatusArgs, StatusOutput,
+    ApplyArgs, CertsArgs, CheckArgs, CheckOutput, LogFormat, ServeArgs, StatusArgs, StatusOutput,
 };
 use crate::cli::check;
 use crate::cli::policy_file::{self, read_policy};
@@ -22,7 +23,8 @@ use crate::webhook::service::{AdmissionService, Backend, StandaloneBackend};
 use crate::webhook::status_page::{self, StatusSource};
 use crate::webhook::tls::{self, ReloadingCert};
 
-/// Exit codes of `check` (and usage errors, which clap reports with 2 as well).
+/// Exit codes of `check` and `apply` (and usage errors, which clap reports with 2 as well);
+/// `apply` also exits 1 when the API server refuses an object.
 pub const EXIT_DENIED: u8 = 1;
 pub const EXIT_ERROR: u8 = 2;
 
@@ -171,6 +173,19 @@ pub fn check(args: CheckArgs) -> ExitCode {
     };
     let report = check::check(documents, &policy, Inventory::standalone(args.gpus));
     let to_stderr = args.output == Some(CheckOutput::Yaml);
+    print_verdicts(&report, to_stderr);
+    if to_stderr {
+        print!("{}", check::to_yaml(&report.objects));
+    }
+    if report.all_allowed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_DENIED)
+    }
+}
+
+/// The verdict lines of `check` and `apply`, each with its warnings on stderr.
+fn print_verdicts(report: &check::Report, to_stderr: bool) {
     for line in &report.lines {
         if to_stderr {
             eprintln!("{}", line.text);
@@ -181,13 +196,33 @@ pub fn check(args: CheckArgs) -> ExitCode {
             eprintln!("  warning: {warning}");
         }
     }
-    if to_stderr {
-        print!("{}", check::to_yaml(&report.objects));
-    }
-    if report.all_allowed() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_DENIED)
+}
+
+/// `apply`: the verdicts as `check` prints them, then kubectl's line for each applied object.
+pub async fn apply(args: ApplyArgs) -> ExitCode {
+    match crate::cli::apply::apply(args).await {
+        Ok(done) => {
+            for note in &done.notes {
+                eprintln!("note: {note}");
+            }
+            print_verdicts(&done.report, false);
+            if !done.report.all_allowed() {
+                eprintln!("gpushare: nothing applied: a document is denied");
+                return ExitCode::from(EXIT_DENIED);
+            }
+            for name in &done.applied {
+                println!("{name} serverside-applied");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error @ ApplyError::Apply { .. }) => {
+            eprintln!("gpushare: {error}");
+            ExitCode::from(EXIT_DENIED)
+        }
+        Err(error) => {
+            eprintln!("gpushare: {error}");
+            ExitCode::from(EXIT_ERROR)
+        }
     }
 }
 

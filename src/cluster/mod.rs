@@ -5,6 +5,7 @@
 pub mod commit;
 mod convert;
 pub mod ledger;
+pub mod live;
 mod state;
 mod watch;
 

@@ -9,6 +9,7 @@
 mod kinds;
 mod ledger;
 mod packaging;
+mod plugin;
 mod support;
 
 use serde_json::Value;
