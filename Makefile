@@ -70,6 +70,7 @@ undeploy:
 # BENCH_RATE=<req/s> (see BENCHMARKS.md).
 bench:
 	$(CARGO) bench --locked --bench admission
+	$(CARGO) bench --locked --bench cluster_scale
 
 # A real control plane on loopback (CONTRACT section 6b): etcd, kube-apiserver and
 # kube-controller-manager of the release pinned in tests/tools/controlplane/go.mod, built with

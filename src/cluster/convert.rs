@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::Node as K8sNode;
 use kube::core::{ApiResource, DynamicObject};
 use serde::Deserialize as _;
 
+use crate::core::annotations::ASSIGNED_GPU;
 use crate::core::claim::Claim;
 use crate::core::inventory::Node;
 use crate::core::workload::wire::{ObjectMeta, OwnerReference};
@@ -99,6 +100,9 @@ pub fn workload(kind: Kind, object: &DynamicObject) -> Result<Workload, serde_js
 
 /// What a stored workload holds (`None`: nothing, or an object that does not read as its kind).
 pub fn claim(kind: Kind, object: &DynamicObject) -> Option<Claim> {
+    if !carries_assignment(kind, object) {
+        return None;
+    }
     match workload(kind, object) {
         Ok(workload) => Claim::of_stored(&workload),
         Err(error) => {
@@ -106,6 +110,25 @@ pub fn claim(kind: Kind, object: &DynamicObject) -> Option<Claim> {
             None
         }
     }
+}
+
+/// Whether the object has `gpushare.io/assigned-gpu` where `Claim::of_stored` reads it (the
+/// pod template's or the object's annotations). Without it the object holds nothing, so the
+/// conversion, the costly part of a watch event, is skipped for the many unmanaged workloads;
+/// the event itself still counts (an object that loses its assignment frees its claim).
+fn carries_assignment(kind: Kind, object: &DynamicObject) -> bool {
+    let on_object = object
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(ASSIGNED_GPU));
+    on_object
+        || kind
+            .layout()
+            .template_metadata
+            .and_then(|pointer| object.data.pointer(pointer))
+            .and_then(|metadata| metadata.get("annotations")?.get(ASSIGNED_GPU))
+            .is_some()
 }
 
 #[cfg(test)]

@@ -3,13 +3,13 @@
 //! the API server (`ledger`). Decisions count the ledger's entry for a workload, or what the stored
 //! workload holds when the ledger has none (objects admitted before the ledger existed).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::ledger::{self, Edit, Ledger};
 use crate::core::claim::{Claim, ClaimChange};
 use crate::core::decision::{self, Request};
-use crate::core::inventory::{Inventory, Node};
+use crate::core::inventory::{GpuRow, Inventory, Node};
 use crate::core::policy::Policy;
 use crate::core::scale;
 use crate::core::verdict::Verdict;
@@ -46,7 +46,15 @@ struct Inner {
     /// Nodes, and for each workload its ledger entry or else its stored claim: what decisions read.
     view: Inventory,
     synced: Vec<Cache>,
+    /// The per-GPU series the gauges show, so a full refresh removes only those that went away.
+    published: HashSet<GpuLabels>,
 }
+
+/// More changes than this at once (a relist, a new ledger) refresh every gauge in one pass.
+const BULK_CHANGES: usize = 32;
+
+/// What one workload counted as before and after a change.
+type Change = (Option<Claim>, Option<Claim>);
 
 pub struct ClusterState {
     inner: Mutex<Inner>,
@@ -56,24 +64,34 @@ pub struct ClusterState {
 }
 
 impl Inner {
-    /// What `key` counts as: its ledger entry, else its stored claim.
-    fn refresh_claim(&mut self, key: &WorkloadKey) {
+    /// What `key` counts as: its ledger entry, else its stored claim; the change, if any.
+    fn refresh_claim(&mut self, key: &WorkloadKey) -> Option<Change> {
         let counted = self
             .ledger
             .entries
             .get(key)
-            .map(|entry| entry.claim.clone())
-            .or_else(|| self.stored.get(key).cloned());
-        if self.view.claim(key) == counted.as_ref() {
+            .map(|entry| &entry.claim)
+            .or_else(|| self.stored.get(key));
+        if self.view.claim(key) == counted {
             // Status churn of a workload that holds the same claim changes nothing decisions read.
-            return;
+            return None;
         }
-        match counted {
-            Some(claim) => self.view.hold(claim),
-            None => {
-                self.view.free(key);
+        let counted = counted.cloned();
+        let old = match counted.clone() {
+            Some(claim) => {
+                let old = self.view.claim(key).cloned();
+                self.view.hold(claim);
+                old
             }
+            None => self.view.free(key),
         };
+        Some((old, counted))
+    }
+
+    fn refresh_claims(&mut self, keys: impl IntoIterator<Item = WorkloadKey>) -> Vec<Change> {
+        keys.into_iter()
+            .filter_map(|key| self.refresh_claim(&key))
+            .collect()
     }
 
     fn rebuild_nodes(&mut self) {
@@ -96,6 +114,7 @@ impl ClusterState {
                 ledger: Ledger::default(),
                 view: Inventory::default(),
                 synced: Vec::new(),
+                published: HashSet::new(),
             }),
             metrics,
         }
@@ -112,8 +131,9 @@ impl ClusterState {
     }
 
     pub fn set_policy(&self, policy: Policy) {
-        self.lock().policy = Arc::new(policy);
-        self.publish_usage();
+        let mut inner = self.lock();
+        inner.policy = Arc::new(policy);
+        self.publish_all(&mut inner);
     }
 
     pub fn mark_synced(&self, cache: Cache) {
@@ -143,35 +163,33 @@ impl ClusterState {
 
     /// Replaces every node (after a full list).
     pub fn replace_nodes(&self, nodes: Vec<Node>) {
-        {
-            let mut inner = self.lock();
-            inner.nodes = nodes.into_iter().map(|n| (n.name.clone(), n)).collect();
-            inner.rebuild_nodes();
-        }
-        self.publish_usage();
+        let mut inner = self.lock();
+        inner.nodes = nodes.into_iter().map(|n| (n.name.clone(), n)).collect();
+        inner.rebuild_nodes();
+        self.publish_all(&mut inner);
     }
 
     pub fn apply_node(&self, node: Node) {
-        {
-            let mut inner = self.lock();
-            inner.nodes.insert(node.name.clone(), node);
-            inner.rebuild_nodes();
+        let mut inner = self.lock();
+        if inner.nodes.get(&node.name) == Some(&node) {
+            // Node status churn changes nothing gpushare reads.
+            return;
         }
-        self.publish_usage();
+        inner.nodes.insert(node.name.clone(), node);
+        inner.rebuild_nodes();
+        self.publish_all(&mut inner);
     }
 
     pub fn delete_node(&self, name: &str) {
-        {
-            let mut inner = self.lock();
-            inner.nodes.remove(name);
-            inner.rebuild_nodes();
-        }
-        self.publish_usage();
+        let mut inner = self.lock();
+        inner.nodes.remove(name);
+        inner.rebuild_nodes();
+        self.publish_all(&mut inner);
     }
 
     /// Replaces every stored claim of one kind (after a full list of that kind).
     pub fn replace_claims(&self, kind: Kind, claims: Vec<Claim>) {
-        {
+        let changes = {
             let mut inner = self.lock();
             let mut keys: Vec<WorkloadKey> = inner
                 .stored
@@ -186,55 +204,66 @@ impl ClusterState {
                 keys.push(claim.key.clone());
                 inner.stored.insert(claim.key.clone(), claim);
             }
-            for key in keys {
-                inner.refresh_claim(&key);
-            }
-        }
-        self.publish_usage();
+            inner.refresh_claims(keys)
+        };
+        self.publish_changes(changes);
     }
 
     /// Records what the cache now shows for one workload (`None`: deleted, or holding nothing).
     pub fn apply_claim(&self, key: WorkloadKey, claim: Option<Claim>) {
-        {
+        let change = {
             let mut inner = self.lock();
+            if inner.stored.get(&key) == claim.as_ref() {
+                // Status churn: the workload holds what it held.
+                return;
+            }
             match claim {
                 Some(claim) => inner.stored.insert(key.clone(), claim),
                 None => inner.stored.remove(&key),
             };
-            inner.refresh_claim(&key);
-        }
-        self.publish_usage();
+            inner.refresh_claim(&key)
+        };
+        self.publish_changes(change.into_iter().collect());
     }
 
     /// Takes a reading of the ledger (from its watch, or the answer to a write), unless an
     /// even later one is already known.
     pub fn set_ledger(&self, ledger: Ledger) {
-        {
+        let changes = {
             let mut inner = self.lock();
             if inner.ledger.resource_version.is_some() && !inner.ledger.is_older_than(&ledger) {
                 return;
             }
-            let mut keys: Vec<WorkloadKey> = inner.ledger.entries.keys().cloned().collect();
-            keys.extend(ledger.entries.keys().cloned());
+            // Only entries that differ between the readings can change what a workload counts as.
+            let mut keys: Vec<WorkloadKey> = inner
+                .ledger
+                .entries
+                .iter()
+                .filter(|(key, entry)| ledger.entries.get(*key) != Some(*entry))
+                .map(|(key, _)| key.clone())
+                .collect();
+            keys.extend(
+                ledger
+                    .entries
+                    .keys()
+                    .filter(|key| !inner.ledger.entries.contains_key(*key))
+                    .cloned(),
+            );
             inner.ledger = ledger;
-            for key in keys {
-                inner.refresh_claim(&key);
-            }
-        }
-        self.publish_usage();
+            inner.refresh_claims(keys)
+        };
+        self.publish_changes(changes);
     }
 
     /// The ledger ConfigMap was deleted: nothing is recorded any more.
     pub fn clear_ledger(&self) {
-        {
+        let changes = {
             let mut inner = self.lock();
             let keys: Vec<WorkloadKey> = inner.ledger.entries.keys().cloned().collect();
             inner.ledger = Ledger::default();
-            for key in keys {
-                inner.refresh_claim(&key);
-            }
-        }
-        self.publish_usage();
+            inner.refresh_claims(keys)
+        };
+        self.publish_changes(changes);
     }
 
     pub fn ledger_version(&self) -> Option<String> {
@@ -285,11 +314,52 @@ impl ClusterState {
         (inner.policy.clone(), inner.view.clone())
     }
 
-    /// Refreshes the per-GPU and per-kind gauges.
-    fn publish_usage(&self) {
-        let (policy, inventory) = self.snapshot();
+    /// Updates the gauges of what `changes` touched: the module count of their kinds and the
+    /// GPUs their claims count against, in place (a scrape never sees a series missing).
+    fn publish_changes(&self, changes: Vec<Change>) {
+        if changes.is_empty() {
+            return;
+        }
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        if changes.len() > BULK_CHANGES {
+            // A relist: one pass over every GPU costs less than one per claim.
+            self.publish_all(inner);
+            return;
+        }
+        let mut kinds = HashMap::<Kind, i64>::new();
+        let mut touched = Vec::new();
+        for claim in changes.iter().flat_map(|(old, new)| [old, new]).flatten() {
+            let gpu = (&claim.placement, claim.gpu());
+            if !touched.contains(&gpu) {
+                touched.push(gpu);
+                for row in inner.view.rows_of(claim, &inner.policy) {
+                    self.publish_row(&mut inner.published, row);
+                }
+            }
+        }
+        for (old, new) in &changes {
+            let kind = old.as_ref().or(new.as_ref()).map(|c| c.key.kind);
+            if let Some(kind) = kind {
+                *kinds.entry(kind).or_default() +=
+                    i64::from(new.is_some()) - i64::from(old.is_some());
+            }
+        }
+        for (kind, delta) in kinds {
+            self.metrics
+                .modules
+                .get_or_create(&KindLabels {
+                    kind: kind.as_str(),
+                })
+                .inc_by(delta);
+        }
+    }
+
+    /// Sets every gauge from the whole view (after a change of nodes or policy), removing the
+    /// series of GPUs that are gone.
+    fn publish_all(&self, inner: &mut Inner) {
         for kind in Kind::ALL {
-            let count = inventory.claims().filter(|c| c.key.kind == kind).count();
+            let count = inner.view.claims().filter(|c| c.key.kind == kind).count();
             self.metrics
                 .modules
                 .get_or_create(&KindLabels {
@@ -297,23 +367,31 @@ impl ClusterState {
                 })
                 .set(count as i64);
         }
-        self.metrics.gpu_committed_percentage.clear();
-        self.metrics.gpu_clients.clear();
-        for row in inventory.table(&policy) {
-            let labels = GpuLabels {
-                node: row.node,
-                gpu: row.gpu.to_string(),
-                mode: row.mode.as_str(),
-            };
-            self.metrics
-                .gpu_committed_percentage
-                .get_or_create(&labels)
-                .set(i64::from(row.usage.percentage));
-            self.metrics
-                .gpu_clients
-                .get_or_create(&labels)
-                .set(i64::from(row.usage.clients));
+        let before = std::mem::take(&mut inner.published);
+        for row in inner.view.table(&inner.policy) {
+            self.publish_row(&mut inner.published, row);
         }
+        for gone in before.difference(&inner.published) {
+            self.metrics.gpu_committed_percentage.remove(gone);
+            self.metrics.gpu_clients.remove(gone);
+        }
+    }
+
+    fn publish_row(&self, published: &mut HashSet<GpuLabels>, row: GpuRow) {
+        let labels = GpuLabels {
+            node: row.node,
+            gpu: row.gpu.to_string(),
+            mode: row.mode.as_str(),
+        };
+        self.metrics
+            .gpu_committed_percentage
+            .get_or_create(&labels)
+            .set(i64::from(row.usage.percentage));
+        self.metrics
+            .gpu_clients
+            .get_or_create(&labels)
+            .set(i64::from(row.usage.clients));
+        published.insert(labels);
     }
 }
 
@@ -410,6 +488,41 @@ pub(crate) mod tests {
             decide(&state, &deployment("b", 1, 60)),
             Verdict::Denied(_)
         ));
+    }
+
+    #[test]
+    fn gauges_follow_claims_in_place_and_lose_only_the_series_of_gpus_that_went_away() {
+        let state = state(2);
+        let a = key(Kind::Deployment, "a");
+        let series = |gpu: u32, value: u32| {
+            format!("gpushare_gpu_committed_mps_percentage{{node=\"edge\",gpu=\"{gpu}\",mode=\"mps\"}} {value}")
+        };
+        state.apply_claim(a.clone(), Some(claim(a.clone(), 1, 2, 30)));
+        let text = state.metrics.render();
+        assert!(text.contains(&series(1, 60)), "{text}");
+        assert!(text.contains(&series(0, 0)), "{text}");
+        assert!(
+            text.contains("gpushare_modules{kind=\"Deployment\"} 1"),
+            "{text}"
+        );
+        // The same claim again (status churn) changes nothing.
+        state.apply_claim(a.clone(), Some(claim(a.clone(), 1, 2, 30)));
+        assert!(state.metrics.render().contains(&series(1, 60)));
+        state.apply_claim(a.clone(), None);
+        let text = state.metrics.render();
+        assert!(text.contains(&series(1, 0)), "{text}");
+        assert!(
+            text.contains("gpushare_modules{kind=\"Deployment\"} 0"),
+            "{text}"
+        );
+        state.replace_nodes(vec![Node {
+            name: "edge".into(),
+            reported_gpus: Some(1),
+            ..Node::default()
+        }]);
+        let text = state.metrics.render();
+        assert!(text.contains(&series(0, 0)), "{text}");
+        assert!(!text.contains("gpu=\"1\""), "{text}");
     }
 
     #[test]

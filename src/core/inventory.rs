@@ -2,7 +2,7 @@
 //! claims of the modules already assigned. The decision core reads it; the shells (standalone,
 //! `check`, the cluster watchers) build it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::core::claim::Claim;
 use crate::core::domain::{GpuIndex, Mode};
@@ -65,12 +65,42 @@ impl Placement {
     }
 }
 
+/// The label most modules are pinned to one node with.
+const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+
 /// Nodes, and the claims of the modules already admitted. A claim counts against its GPU index
 /// on every node its pods may land on.
 #[derive(Debug, Clone, Default)]
 pub struct Inventory {
     nodes: Vec<Node>,
     claims: HashMap<WorkloadKey, Claim>,
+    /// The claims pinned to one node (by `nodeName`, else the hostname label), so that a node's
+    /// usage reads its own claims and the unpinned ones, not every claim of the cluster.
+    by_node_name: HashMap<String, HashSet<WorkloadKey>>,
+    by_hostname: HashMap<String, HashSet<WorkloadKey>>,
+    unpinned: HashSet<WorkloadKey>,
+    /// Positions in `nodes` by name and by hostname label, and of nodes that match every
+    /// placement, so a pinned module's candidates are found without a scan of every node.
+    nodes_by_name: HashMap<String, Vec<usize>>,
+    nodes_by_hostname: HashMap<String, Vec<usize>>,
+    match_any: Vec<usize>,
+}
+
+/// Where the index keeps a claim. Only a pre-filter: `lands_on` still decides.
+enum Pin<'a> {
+    NodeName(&'a str),
+    Hostname(&'a str),
+    None,
+}
+
+fn pin(placement: &Placement) -> Pin<'_> {
+    if !placement.node_name.is_empty() {
+        Pin::NodeName(&placement.node_name)
+    } else if let Some(host) = placement.node_selector.get(HOSTNAME_LABEL) {
+        Pin::Hostname(host)
+    } else {
+        Pin::None
+    }
 }
 
 /// What is committed on one GPU of one node.
@@ -104,10 +134,9 @@ impl Inventory {
     }
 
     pub fn new(nodes: Vec<Node>) -> Inventory {
-        Inventory {
-            nodes,
-            claims: HashMap::new(),
-        }
+        let mut inventory = Inventory::default();
+        inventory.set_nodes(nodes);
+        inventory
     }
 
     pub fn nodes(&self) -> &[Node] {
@@ -115,6 +144,24 @@ impl Inventory {
     }
 
     pub fn set_nodes(&mut self, nodes: Vec<Node>) {
+        self.nodes_by_name.clear();
+        self.nodes_by_hostname.clear();
+        self.match_any.clear();
+        for (i, node) in nodes.iter().enumerate() {
+            self.nodes_by_name
+                .entry(node.name.clone())
+                .or_default()
+                .push(i);
+            if let Some(host) = node.labels.get(HOSTNAME_LABEL) {
+                self.nodes_by_hostname
+                    .entry(host.clone())
+                    .or_default()
+                    .push(i);
+            }
+            if node.matches_any_placement {
+                self.match_any.push(i);
+            }
+        }
         self.nodes = nodes;
     }
 
@@ -129,12 +176,41 @@ impl Inventory {
 
     /// Records a claim, replacing the workload's previous one.
     pub fn hold(&mut self, claim: Claim) {
+        self.unindex(&claim.key);
+        match pin(&claim.placement) {
+            Pin::NodeName(name) => self.by_node_name.entry(name.to_string()).or_default(),
+            Pin::Hostname(host) => self.by_hostname.entry(host.to_string()).or_default(),
+            Pin::None => &mut self.unpinned,
+        }
+        .insert(claim.key.clone());
         self.claims.insert(claim.key.clone(), claim);
     }
 
     /// Forgets a workload's claim.
     pub fn free(&mut self, key: &WorkloadKey) -> Option<Claim> {
+        self.unindex(key);
         self.claims.remove(key)
+    }
+
+    fn unindex(&mut self, key: &WorkloadKey) {
+        let Some(old) = self.claims.get(key) else {
+            return;
+        };
+        fn take(map: &mut HashMap<String, HashSet<WorkloadKey>>, at: &str, key: &WorkloadKey) {
+            if let Some(keys) = map.get_mut(at) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    map.remove(at);
+                }
+            }
+        }
+        match pin(&old.placement) {
+            Pin::NodeName(name) => take(&mut self.by_node_name, name, key),
+            Pin::Hostname(host) => take(&mut self.by_hostname, host, key),
+            Pin::None => {
+                self.unpinned.remove(key);
+            }
+        }
     }
 
     /// The nodes a pod template may land on: those matching its nodeSelector and nodeName, or,
@@ -144,9 +220,28 @@ impl Inventory {
         placement: &'a Placement,
         policy: &'a Policy,
     ) -> impl Iterator<Item = &'a Node> {
-        self.nodes
-            .iter()
-            .filter(move |node| placement.lands_on(node, policy))
+        // A pinned placement can only land on its pinned nodes (and those matching everything);
+        // they are read in the same order as a scan would.
+        let positions: Option<Vec<usize>> = match pin(placement) {
+            Pin::NodeName(name) => Some(self.nodes_by_name.get(name).cloned().unwrap_or_default()),
+            Pin::Hostname(host) => Some(
+                self.nodes_by_hostname
+                    .get(host)
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
+            Pin::None => None,
+        };
+        let nodes: Box<dyn Iterator<Item = &'a Node> + 'a> = match positions {
+            Some(mut positions) => {
+                positions.extend(&self.match_any);
+                positions.sort_unstable();
+                positions.dedup();
+                Box::new(positions.into_iter().map(|i| &self.nodes[i]))
+            }
+            None => Box::new(self.nodes.iter()),
+        };
+        nodes.filter(move |node| placement.lands_on(node, policy))
     }
 
     /// The claims on GPU `gpu` that may land on `node`, leaving out `except` (an UPDATE replaces
@@ -158,11 +253,25 @@ impl Inventory {
         except: Option<&'a WorkloadKey>,
         policy: &'a Policy,
     ) -> impl Iterator<Item = &'a Claim> {
-        self.claims.values().filter(move |claim| {
-            Some(&claim.key) != except
-                && claim.gpu() == gpu
-                && claim.placement.lands_on(node, policy)
-        })
+        // The standalone node matches every placement: it reads every claim.
+        let keys: Box<dyn Iterator<Item = &'a WorkloadKey> + 'a> = if node.matches_any_placement {
+            Box::new(self.claims.keys())
+        } else {
+            let named = self.by_node_name.get(&node.name).into_iter().flatten();
+            let hosted = node
+                .labels
+                .get(HOSTNAME_LABEL)
+                .and_then(|host| self.by_hostname.get(host))
+                .into_iter()
+                .flatten();
+            Box::new(self.unpinned.iter().chain(named).chain(hosted))
+        };
+        keys.filter_map(|key| self.claims.get(key))
+            .filter(move |claim| {
+                Some(&claim.key) != except
+                    && claim.gpu() == gpu
+                    && claim.placement.lands_on(node, policy)
+            })
     }
 
     /// Committed MPS percentage and client processes of GPU `gpu` on `node` (without module names:
@@ -186,25 +295,36 @@ impl Inventory {
         let mut rows = Vec::new();
         for node in &self.nodes {
             for i in 0..node.gpu_count(policy) {
-                let gpu = GpuIndex(i);
-                rows.push(GpuRow {
-                    node: node.name.clone(),
-                    gpu,
-                    mode: policy.gpu_mode(&node.name, gpu),
-                    reserved: policy.is_reserved(&node.name, gpu),
-                    usage: {
-                        let mut usage = GpuUsage::default();
-                        for claim in self.claims_on(node, gpu, None, policy) {
-                            usage.add(claim);
-                            usage.modules.push(claim.key.clone());
-                        }
-                        usage.modules.sort();
-                        usage
-                    },
-                });
+                rows.push(self.row(node, GpuIndex(i), policy));
             }
         }
         rows
+    }
+
+    /// The rows of the GPUs a claim counts against: those `claim.gpu()` on its candidate nodes
+    /// (what changes when the claim is held or freed).
+    pub fn rows_of(&self, claim: &Claim, policy: &Policy) -> Vec<GpuRow> {
+        let gpu = claim.gpu();
+        self.candidates(&claim.placement, policy)
+            .filter(|node| gpu.0 < node.gpu_count(policy))
+            .map(|node| self.row(node, gpu, policy))
+            .collect()
+    }
+
+    fn row(&self, node: &Node, gpu: GpuIndex, policy: &Policy) -> GpuRow {
+        let mut usage = GpuUsage::default();
+        for claim in self.claims_on(node, gpu, None, policy) {
+            usage.add(claim);
+            usage.modules.push(claim.key.clone());
+        }
+        usage.modules.sort();
+        GpuRow {
+            node: node.name.clone(),
+            gpu,
+            mode: policy.gpu_mode(&node.name, gpu),
+            reserved: policy.is_reserved(&node.name, gpu),
+            usage,
+        }
     }
 }
 
@@ -216,4 +336,98 @@ pub struct GpuRow {
     pub mode: Mode,
     pub reserved: bool,
     pub usage: GpuUsage,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::claim::{Assigned, Share};
+    use crate::core::workload::Kind;
+
+    fn node(name: &str, hostname: &str, pool: &str) -> Node {
+        Node {
+            name: name.into(),
+            labels: [
+                (HOSTNAME_LABEL.to_string(), hostname.to_string()),
+                ("pool".to_string(), pool.to_string()),
+            ]
+            .into(),
+            reported_gpus: Some(2),
+            ..Node::default()
+        }
+    }
+
+    fn claim(name: &str, selector: &[(&str, &str)], node_name: &str) -> Claim {
+        Claim {
+            key: WorkloadKey::new(Kind::Deployment, "ns", name),
+            placement: Placement {
+                node_selector: selector
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                node_name: node_name.into(),
+            },
+            assigned: Assigned {
+                gpu: GpuIndex(0),
+                share: Share::TimeSlicing,
+            },
+            pods: 1,
+            containers: 1,
+        }
+    }
+
+    /// The index only narrows the search: usage and candidates equal a scan of every claim and node,
+    /// whatever pins a module (nodeName, hostname label, another label, nothing), also when a
+    /// node's name differs from its hostname label, and after claims move or go.
+    #[test]
+    fn usage_and_candidates_read_through_the_index_equal_a_full_scan() {
+        let policy = Policy::default();
+        let mut inventory = Inventory::new(vec![
+            node("a", "a", "x"),
+            node("b", "host-b", "x"),
+            node("c", "c", "y"),
+        ]);
+        let claims = [
+            claim("by-name", &[], "b"),
+            claim("by-host", &[(HOSTNAME_LABEL, "host-b")], ""),
+            claim(
+                "by-host-and-pool",
+                &[(HOSTNAME_LABEL, "c"), ("pool", "x")],
+                "",
+            ),
+            claim("by-pool", &[("pool", "x")], ""),
+            claim("anywhere", &[], ""),
+            claim("name-not-host", &[(HOSTNAME_LABEL, "b")], ""),
+        ];
+        for c in &claims {
+            inventory.hold(c.clone());
+        }
+        // Moves: from nodeName to a hostname, and from pinned to unpinned.
+        inventory.hold(claim("by-name", &[(HOSTNAME_LABEL, "a")], ""));
+        inventory.hold(claim("by-host", &[], ""));
+        inventory.free(&WorkloadKey::new(Kind::Deployment, "ns", "by-pool"));
+        let nobody = WorkloadKey::new(Kind::Deployment, "ns", "nobody");
+        for node in inventory.nodes() {
+            let scanned: u32 = inventory
+                .claims()
+                .filter(|c| c.placement.lands_on(node, &policy))
+                .map(Claim::clients)
+                .sum();
+            let usage = inventory.usage(node, GpuIndex(0), &nobody, &policy);
+            assert_eq!(usage.clients, scanned, "node {}", node.name);
+        }
+        for c in inventory.claims() {
+            let via_index: Vec<&str> = inventory
+                .candidates(&c.placement, &policy)
+                .map(|n| n.name.as_str())
+                .collect();
+            let scanned: Vec<&str> = inventory
+                .nodes()
+                .iter()
+                .filter(|n| c.placement.lands_on(n, &policy))
+                .map(|n| n.name.as_str())
+                .collect();
+            assert_eq!(via_index, scanned, "{}", c.key);
+        }
+    }
 }

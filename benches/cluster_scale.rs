@@ -1,0 +1,243 @@
+//! Cluster-scale benchmark (issue 10): the release `gpushare serve` in cluster mode (pinned to core
+//! 0 with `taskset` when available) against the in-process fake API server (core 1) holding N nodes
+//! with 2 GPUs each and M Deployments, half of them managed and pinned to one node each. For each
+//! size it reports, side by side: server CPU per Deployment watch event (status churn), admission
+//! req/s at concurrency 1 and 16 (dry-run managed request over HTTPS), p99 at 16, RSS after sync
+//! and the time from the last list page to /readyz 200.
+//!
+//! Knobs: CLUSTER_BENCH_SIZES (default `10x100,100x1000,1000x10000`), CLUSTER_BENCH_SECONDS (per
+//! load level, default 3), CLUSTER_BENCH_CPU_SECONDS (server CPU the churn aims to spend, default 2),
+//! CLUSTER_BENCH_BIN (another `gpushare` binary, e.g. an older build, instead of this release build).
+
+#[path = "../tests/support/fake_apiserver.rs"]
+mod fake_apiserver;
+#[path = "cluster_scale/load.rs"]
+mod load;
+#[path = "cluster_scale/objects.rs"]
+mod objects;
+#[path = "cluster_scale/process.rs"]
+mod process;
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fake_apiserver::FakeApiServer;
+use process::Server;
+
+struct Figures {
+    size: String,
+    cpu_per_event: Duration,
+    events: usize,
+    c1: f64,
+    c16: f64,
+    p99: Duration,
+    rss_kb: u64,
+    ready_after_lists: Duration,
+}
+
+fn env_parse<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+fn main() {
+    let sizes = std::env::var("CLUSTER_BENCH_SIZES")
+        .unwrap_or_else(|_| "10x100,100x1000,1000x10000".into());
+    let seconds = Duration::from_secs_f64(env_parse("CLUSTER_BENCH_SECONDS").unwrap_or(3.0));
+    let cpu_budget = Duration::from_secs_f64(env_parse("CLUSTER_BENCH_CPU_SECONDS").unwrap_or(2.0));
+    let pin = process::have_taskset();
+    if pin {
+        process::pin_self_to_core_1();
+    } else {
+        eprintln!("cluster_scale: no taskset; the server runs unpinned");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        // One thread on the load's one core: two would preempt each other mid-request.
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let built = std::path::PathBuf::from(env!("CARGO_BIN_EXE_gpushare"));
+    let program = std::env::var_os("CLUSTER_BENCH_BIN").map_or(built, Into::into);
+    let program = program.as_path();
+    let certs = std::process::Command::new(program)
+        .arg("certs")
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .expect("gpushare certs runs");
+    assert!(certs.status.success(), "gpushare certs failed");
+    let mut rows = Vec::new();
+    for size in sizes.split(',') {
+        let (nodes, deployments) = size
+            .split_once('x')
+            .and_then(|(n, m)| Some((n.trim().parse().ok()?, m.trim().parse().ok()?)))
+            .unwrap_or_else(|| panic!("CLUSTER_BENCH_SIZES: {size:?} is not NODESxDEPLOYMENTS"));
+        let figures = runtime.block_on(measure(
+            program,
+            dir.path(),
+            nodes,
+            deployments,
+            seconds,
+            cpu_budget,
+            pin,
+        ));
+        eprintln!("cluster_scale: {} done", figures.size);
+        rows.push(figures);
+    }
+    let table = render(&rows, pin);
+    println!("{table}");
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-cluster-scale.md");
+    let _ = std::fs::write(&out, &table);
+    println!("(written to {})", out.display());
+}
+
+async fn measure(
+    program: &Path,
+    dir: &Path,
+    nodes: usize,
+    deployments: usize,
+    seconds: Duration,
+    cpu_budget: Duration,
+    pin: bool,
+) -> Figures {
+    let api = FakeApiServer::start().await;
+    for i in 0..nodes {
+        api.apply(objects::node(i));
+    }
+    for i in 0..deployments {
+        api.apply(objects::deployment(i, nodes, 1));
+    }
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    api.apply(objects::ledger(deployments, nodes, now_ms));
+    let kubeconfig = api.kubeconfig(dir);
+    let server = Server::start(program, &kubeconfig, dir, pin);
+    let ca = std::fs::read(dir.join("ca.crt")).expect("ca.crt");
+    let client = load::client(&ca, server.addr);
+    let readyz = format!("https://localhost:{}/readyz", server.addr.port());
+
+    // Ready after the lists: from the last Deployment list page the server asked for to /readyz 200.
+    let list_path = "/apis/apps/v1/deployments";
+    let (mut pages, mut last_page) = (0, Instant::now());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let now = api.list_request_count(list_path);
+        if now != pages {
+            pages = now;
+            last_page = Instant::now();
+        }
+        let ready = client
+            .get(&readyz)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().as_u16() == 200);
+        if ready && pages > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not ready within 120 s");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let ready_after_lists = last_page.elapsed();
+    // Let the first reconcile pass run, then read memory.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let rss_kb = server.rss_kb();
+
+    // CPU per watch event: status churn of every Deployment in turn, less the idle rate.
+    let idle = {
+        let (c0, t0) = (server.cpu(), Instant::now());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        (server.cpu() - c0).as_secs_f64() / t0.elapsed().as_secs_f64()
+    };
+    let mut generation = 1;
+    let mut next = 0;
+    let mut churn = |api: &FakeApiServer, count: usize| {
+        generation += 1;
+        for _ in 0..count {
+            api.apply(objects::deployment(next % deployments, nodes, generation));
+            next += 1;
+            if next.is_multiple_of(deployments) {
+                generation += 1;
+            }
+        }
+    };
+    let mut spend = |count: usize| {
+        let (c0, t0) = (server.cpu(), Instant::now());
+        churn(&api, count);
+        let server = &server;
+        async move {
+            // Done when the server's CPU time stops growing faster than idle.
+            let mut last = server.cpu();
+            loop {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let now = server.cpu();
+                if (now - last).as_secs_f64() <= idle * 0.3 + 0.011 {
+                    break;
+                }
+                last = now;
+            }
+            let busy = (server.cpu() - c0).as_secs_f64() - idle * t0.elapsed().as_secs_f64();
+            busy.max(0.0)
+        }
+    };
+    let probe = 50.min(deployments);
+    let probe_cpu = spend(probe).await;
+    let per_event = (probe_cpu / probe as f64).max(1e-6);
+    let events = ((cpu_budget.as_secs_f64() / per_event) as usize).clamp(50, 20_000);
+    let cpu = spend(events).await;
+    let cpu_per_event = Duration::from_secs_f64(cpu / events as f64);
+
+    let c1 = load::run(&ca, server.addr, 1, seconds).await;
+    let c16 = load::run(&ca, server.addr, 16, seconds).await;
+    drop(server);
+    Figures {
+        size: format!("{nodes} x {deployments}"),
+        cpu_per_event,
+        events,
+        c1: c1.per_second,
+        c16: c16.per_second,
+        p99: c16.p99,
+        rss_kb,
+        ready_after_lists,
+    }
+}
+
+fn render(rows: &[Figures], pin: bool) -> String {
+    let mut out = String::new();
+    let header: Vec<String> = rows.iter().map(|r| r.size.clone()).collect();
+    out.push_str(&format!(
+        "| nodes x Deployments | {} |\n",
+        header.join(" | ")
+    ));
+    out.push_str(&format!("|---|{}\n", "---|".repeat(rows.len())));
+    let line = |name: &str, cell: &dyn Fn(&Figures) -> String| {
+        let cells: Vec<String> = rows.iter().map(cell).collect();
+        format!("| {name} | {} |\n", cells.join(" | "))
+    };
+    out.push_str(&line("server CPU per Deployment watch event", &|r| {
+        format!(
+            "{:.3} ms ({} events)",
+            r.cpu_per_event.as_secs_f64() * 1e3,
+            r.events
+        )
+    }));
+    out.push_str(&line("admission req/s, concurrency 1 / 16", &|r| {
+        format!("{:.0} / {:.0}", r.c1, r.c16)
+    }));
+    out.push_str(&line("p99 at concurrency 16", &|r| {
+        format!("{:.2} ms", r.p99.as_secs_f64() * 1e3)
+    }));
+    out.push_str(&line("RSS after sync", &|r| {
+        format!("{:.1} MiB", r.rss_kb as f64 / 1024.0)
+    }));
+    out.push_str(&line("ready after the last list page", &|r| {
+        format!("{:.2} s", r.ready_after_lists.as_secs_f64())
+    }));
+    out.push_str(if pin {
+        "\nserver pinned to core 0, fake API server and load on core 1 (taskset)\n"
+    } else {
+        "\nUNPINNED (no taskset): figures are not comparable\n"
+    });
+    out
+}
