@@ -43,14 +43,6 @@ pub fn decide(request: &Request<'_>, policy: &Policy, inventory: &Inventory) -> 
     }
 }
 
-fn unchanged(outcome: Outcome) -> Mutation {
-    Mutation {
-        patch: Vec::new(),
-        warnings: Vec::new(),
-        outcome,
-    }
-}
-
 fn decide_inner(
     request: &Request<'_>,
     policy: &Policy,
@@ -58,14 +50,14 @@ fn decide_inner(
 ) -> Result<Mutation, Denial> {
     let workload = request.object;
     if policy.is_excluded(&workload.key.namespace) {
-        return Ok(unchanged(Outcome::Excluded));
+        return Ok(Mutation::unchanged(Outcome::Excluded));
     }
     // The controller's own template was examined and counts; its objects do not, twice.
     if let Some(controller) = &workload.controller {
-        return Ok(unchanged(Outcome::Controlled(controller.clone())));
+        return Ok(Mutation::unchanged(Outcome::Controlled(controller.clone())));
     }
     if workload.finished {
-        return Ok(unchanged(Outcome::Finished));
+        return Ok(Mutation::unchanged(Outcome::Finished));
     }
     let user = UserAnnotations::collect(workload)?;
     let update = request.operation == Operation::Update;
@@ -84,7 +76,7 @@ fn decide_inner(
         for container in containers::all(workload) {
             check_single_gpu_env(container)?;
         }
-        return Ok(unchanged(Outcome::Unmanaged));
+        return Ok(Mutation::unchanged(Outcome::Unmanaged));
     }
     let module = user.parse(policy.default_gpu)?;
     if fixed_template {

@@ -19,13 +19,7 @@ pub fn decide(
     policy: &Policy,
     inventory: &Inventory,
 ) -> Verdict {
-    let unchanged = |outcome| {
-        Verdict::Allowed(Mutation {
-            patch: Vec::new(),
-            warnings: Vec::new(),
-            outcome,
-        })
-    };
+    let unchanged = |outcome| Verdict::Allowed(Mutation::unchanged(outcome));
     if policy.is_excluded(&key.namespace) {
         return unchanged(Outcome::Excluded);
     }

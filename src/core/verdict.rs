@@ -19,6 +19,17 @@ pub struct Mutation {
     pub outcome: Outcome,
 }
 
+impl Mutation {
+    /// Allowed as it is: no patch, no warnings.
+    pub fn unchanged(outcome: Outcome) -> Mutation {
+        Mutation {
+            patch: Vec::new(),
+            warnings: Vec::new(),
+            outcome,
+        }
+    }
+}
+
 /// Why an allowed object looks the way it does afterwards.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {

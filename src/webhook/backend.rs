@@ -27,11 +27,9 @@ pub trait Backend: Send + Sync {
         dry_run: bool,
     ) -> BoxFuture<'a, Verdict> {
         let _ = (key, replicas, dry_run);
-        Box::pin(std::future::ready(Verdict::Allowed(Mutation {
-            patch: Vec::new(),
-            warnings: Vec::new(),
-            outcome: Outcome::Unmanaged,
-        })))
+        Box::pin(std::future::ready(Verdict::Allowed(Mutation::unchanged(
+            Outcome::Unmanaged,
+        ))))
     }
     /// Whether every cache this backend reads has synced once.
     fn ready(&self) -> bool;
