@@ -189,81 +189,73 @@ impl ClusterState {
 
     /// Replaces every stored claim of one kind (after a full list of that kind).
     pub fn replace_claims(&self, kind: Kind, claims: Vec<Claim>) {
-        let changes = {
-            let mut inner = self.lock();
-            let mut keys: Vec<WorkloadKey> = inner
-                .stored
-                .keys()
-                .filter(|key| key.kind == kind)
-                .cloned()
-                .collect();
-            for key in &keys {
-                inner.stored.remove(key);
-            }
-            for claim in claims {
-                keys.push(claim.key.clone());
-                inner.stored.insert(claim.key.clone(), claim);
-            }
-            inner.refresh_claims(keys)
-        };
-        self.publish_changes(changes);
+        let mut inner = self.lock();
+        let mut keys: Vec<WorkloadKey> = inner
+            .stored
+            .keys()
+            .filter(|key| key.kind == kind)
+            .cloned()
+            .collect();
+        for key in &keys {
+            inner.stored.remove(key);
+        }
+        for claim in claims {
+            keys.push(claim.key.clone());
+            inner.stored.insert(claim.key.clone(), claim);
+        }
+        let changes = inner.refresh_claims(keys);
+        self.publish_changes(&mut inner, changes);
     }
 
     /// Records what the cache now shows for one workload (`None`: deleted, or holding nothing).
     pub fn apply_claim(&self, key: WorkloadKey, claim: Option<Claim>) {
-        let change = {
-            let mut inner = self.lock();
-            if inner.stored.get(&key) == claim.as_ref() {
-                // Status churn: the workload holds what it held.
-                return;
-            }
-            match claim {
-                Some(claim) => inner.stored.insert(key.clone(), claim),
-                None => inner.stored.remove(&key),
-            };
-            inner.refresh_claim(&key)
+        let mut inner = self.lock();
+        if inner.stored.get(&key) == claim.as_ref() {
+            // Status churn: the workload holds what it held.
+            return;
+        }
+        match claim {
+            Some(claim) => inner.stored.insert(key.clone(), claim),
+            None => inner.stored.remove(&key),
         };
-        self.publish_changes(change.into_iter().collect());
+        let change = inner.refresh_claim(&key);
+        self.publish_changes(&mut inner, change.into_iter().collect());
     }
 
     /// Takes a reading of the ledger (from its watch, or the answer to a write), unless an
     /// even later one is already known.
     pub fn set_ledger(&self, ledger: Ledger) {
-        let changes = {
-            let mut inner = self.lock();
-            if inner.ledger.resource_version.is_some() && !inner.ledger.is_older_than(&ledger) {
-                return;
-            }
-            // Only entries that differ between the readings can change what a workload counts as.
-            let mut keys: Vec<WorkloadKey> = inner
-                .ledger
+        let mut inner = self.lock();
+        if inner.ledger.resource_version.is_some() && !inner.ledger.is_older_than(&ledger) {
+            return;
+        }
+        // Only entries that differ between the readings can change what a workload counts as.
+        let mut keys: Vec<WorkloadKey> = inner
+            .ledger
+            .entries
+            .iter()
+            .filter(|(key, entry)| ledger.entries.get(*key) != Some(*entry))
+            .map(|(key, _)| key.clone())
+            .collect();
+        keys.extend(
+            ledger
                 .entries
-                .iter()
-                .filter(|(key, entry)| ledger.entries.get(*key) != Some(*entry))
-                .map(|(key, _)| key.clone())
-                .collect();
-            keys.extend(
-                ledger
-                    .entries
-                    .keys()
-                    .filter(|key| !inner.ledger.entries.contains_key(*key))
-                    .cloned(),
-            );
-            inner.ledger = ledger;
-            inner.refresh_claims(keys)
-        };
-        self.publish_changes(changes);
+                .keys()
+                .filter(|key| !inner.ledger.entries.contains_key(*key))
+                .cloned(),
+        );
+        inner.ledger = ledger;
+        let changes = inner.refresh_claims(keys);
+        self.publish_changes(&mut inner, changes);
     }
 
     /// The ledger ConfigMap was deleted: nothing is recorded any more.
     pub fn clear_ledger(&self) {
-        let changes = {
-            let mut inner = self.lock();
-            let keys: Vec<WorkloadKey> = inner.ledger.entries.keys().cloned().collect();
-            inner.ledger = Ledger::default();
-            inner.refresh_claims(keys)
-        };
-        self.publish_changes(changes);
+        let mut inner = self.lock();
+        let keys: Vec<WorkloadKey> = inner.ledger.entries.keys().cloned().collect();
+        inner.ledger = Ledger::default();
+        let changes = inner.refresh_claims(keys);
+        self.publish_changes(&mut inner, changes);
     }
 
     pub fn ledger_version(&self) -> Option<String> {
@@ -315,13 +307,13 @@ impl ClusterState {
     }
 
     /// Updates the gauges of what `changes` touched: the module count of their kinds and the
-    /// GPUs their claims count against, in place (a scrape never sees a series missing).
-    fn publish_changes(&self, changes: Vec<Change>) {
+    /// GPUs their claims count against, in place (a scrape never sees a series missing). Called
+    /// under the same lock that made the changes: module counts move by deltas, and a
+    /// `publish_all` in between would count them twice.
+    fn publish_changes(&self, inner: &mut Inner, changes: Vec<Change>) {
         if changes.is_empty() {
             return;
         }
-        let mut inner = self.lock();
-        let inner = &mut *inner;
         if changes.len() > BULK_CHANGES {
             // A relist: one pass over every GPU costs less than one per claim.
             self.publish_all(inner);
@@ -488,6 +480,51 @@ pub(crate) mod tests {
             decide(&state, &deployment("b", 1, 60)),
             Verdict::Denied(_)
         ));
+    }
+
+    #[test]
+    fn module_counts_stay_exact_while_watchers_race_each_other() {
+        // One thread per watcher, as in `serve`: claims come and go while nodes are replaced
+        // (which sets every gauge from the view). Claims keep changing after the last
+        // replacement, so a count that went wrong in a race is never set right again.
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let state = Arc::new(state(2));
+        let nodes_done = Arc::new(AtomicBool::new(false));
+        let nodes = {
+            let (state, done) = (state.clone(), nodes_done.clone());
+            std::thread::spawn(move || {
+                for _ in 0..3_000 {
+                    state.replace_nodes(vec![Node {
+                        name: "edge".into(),
+                        reported_gpus: Some(2),
+                        ..Node::default()
+                    }]);
+                }
+                done.store(true, Ordering::SeqCst);
+            })
+        };
+        let mut round = 0u32;
+        let mut after = 0;
+        while after < 100 {
+            let a = key(Kind::Deployment, &format!("d{}", round % 7));
+            let held = (!round.is_multiple_of(3)).then(|| claim(a.clone(), round % 2, 1, 10));
+            state.apply_claim(a, held);
+            round += 1;
+            if nodes_done.load(Ordering::SeqCst) {
+                after += 1;
+            }
+        }
+        nodes.join().unwrap();
+        let (_, view) = state.snapshot();
+        let held = view
+            .claims()
+            .filter(|c| c.key.kind == Kind::Deployment)
+            .count();
+        let text = state.metrics.render();
+        assert!(
+            text.contains(&format!("gpushare_modules{{kind=\"Deployment\"}} {held}")),
+            "{held} held: {text}"
+        );
     }
 
     #[test]
