@@ -5,14 +5,12 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Node as K8sNode;
-use kube::core::{ApiResource, DynamicObject};
-use serde::Deserialize as _;
+use kube::core::ApiResource;
 
-use crate::core::annotations::ASSIGNED_GPU;
+use super::stored::StoredWorkload;
 use crate::core::claim::Claim;
 use crate::core::inventory::Node;
-use crate::core::workload::wire::{ObjectMeta, OwnerReference};
-use crate::core::workload::{Kind, RawObject, Workload, WorkloadKey};
+use crate::core::workload::{Kind, Workload, WorkloadKey};
 
 pub const GPU_COUNT_LABEL: &str = "nvidia.com/gpu.count";
 pub const GPU_REPLICAS_LABEL: &str = "nvidia.com/gpu.replicas";
@@ -63,72 +61,26 @@ pub fn api_resource(kind: Kind) -> ApiResource {
     }
 }
 
-/// The key of a watched object.
-pub fn key(kind: Kind, object: &DynamicObject) -> WorkloadKey {
-    let meta = &object.metadata;
-    WorkloadKey::new(
-        kind,
-        meta.namespace.as_deref().unwrap_or("default"),
-        meta.name.as_deref().unwrap_or_default(),
-    )
-}
-
-/// A watched object in the core's terms: the metadata kube already parsed, the spec and status
-/// read into the same wire view admissions use.
-pub fn workload(kind: Kind, object: &DynamicObject) -> Result<Workload, serde_json::Error> {
-    let mut raw = RawObject::deserialize(&object.data)?;
-    let meta = &object.metadata;
-    raw.metadata = ObjectMeta {
-        present: true,
-        name: meta.name.clone().unwrap_or_default(),
-        generate_name: meta.generate_name.clone().unwrap_or_default(),
-        namespace: meta.namespace.clone().unwrap_or_default(),
-        annotations: meta.annotations.clone(),
-        owner_references: meta
-            .owner_references
-            .iter()
-            .flatten()
-            .map(|owner| OwnerReference {
-                kind: owner.kind.clone(),
-                name: owner.name.clone(),
-                controller: owner.controller.unwrap_or(false),
-            })
-            .collect(),
+/// The key of a stored object.
+pub fn key(kind: Kind, object: &StoredWorkload) -> WorkloadKey {
+    let meta = &object.raw.metadata;
+    let namespace = match meta.namespace.as_str() {
+        "" => "default",
+        namespace => namespace,
     };
-    Ok(Workload::from_raw(kind, raw))
+    WorkloadKey::new(kind, namespace, &meta.name)
 }
 
-/// What a stored workload holds (`None`: nothing, or an object that does not read as its kind).
-pub fn claim(kind: Kind, object: &DynamicObject) -> Option<Claim> {
-    if !carries_assignment(kind, object) {
-        return None;
-    }
-    match workload(kind, object) {
-        Ok(workload) => Claim::of_stored(&workload),
-        Err(error) => {
-            tracing::warn!(object = %key(kind, object), %error, "a stored object does not read as its kind; not counted");
-            None
-        }
-    }
+/// A stored object in the core's terms.
+pub fn workload(kind: Kind, object: StoredWorkload) -> Workload {
+    let mut raw = object.raw;
+    raw.metadata.present = true;
+    Workload::from_raw(kind, raw)
 }
 
-/// Whether the object has `gpushare.io/assigned-gpu` where `Claim::of_stored` reads it (the
-/// pod template's or the object's annotations). Without it the object holds nothing, so the
-/// conversion, the costly part of a watch event, is skipped for the many unmanaged workloads;
-/// the event itself still counts (an object that loses its assignment frees its claim).
-fn carries_assignment(kind: Kind, object: &DynamicObject) -> bool {
-    let on_object = object
-        .metadata
-        .annotations
-        .as_ref()
-        .is_some_and(|a| a.contains_key(ASSIGNED_GPU));
-    on_object
-        || kind
-            .layout()
-            .template_metadata
-            .and_then(|pointer| object.data.pointer(pointer))
-            .and_then(|metadata| metadata.get("annotations")?.get(ASSIGNED_GPU))
-            .is_some()
+/// What a stored workload holds (`None`: nothing).
+pub fn claim(kind: Kind, object: StoredWorkload) -> Option<Claim> {
+    Claim::of_stored(&workload(kind, object))
 }
 
 #[cfg(test)]
@@ -159,7 +111,7 @@ mod tests {
 
     #[test]
     fn a_watched_object_reads_like_an_admitted_one() {
-        let object: DynamicObject = serde_json::from_value(serde_json::json!({
+        let object: StoredWorkload = serde_json::from_value(serde_json::json!({
             "apiVersion": "batch/v1", "kind": "Job",
             "metadata": {"name": "m", "namespace": "ns", "annotations": {
                 "gpushare.io/containers": "a,b",
@@ -169,14 +121,14 @@ mod tests {
                 {"name": "a"}, {"name": "b"}, {"name": "c"}], "nodeSelector": {"edge": "1"}}}}
         }))
         .unwrap();
-        let job = claim(Kind::Job, &object).unwrap();
+        let job = claim(Kind::Job, object).unwrap();
         assert_eq!(job.key.to_string(), "ns/Job/m");
         assert_eq!((job.clients(), job.committed_percentage()), (6, 60));
         assert_eq!(
             job.placement.node_selector.get("edge").map(String::as_str),
             Some("1")
         );
-        let owned: DynamicObject = serde_json::from_value(serde_json::json!({
+        let owned: StoredWorkload = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "p", "annotations": {"gpushare.io/assigned-gpu": "0",
                 "gpushare.io/assigned-mode": "time-slicing"},
                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs",
@@ -185,7 +137,7 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(
-            claim(Kind::Pod, &owned),
+            claim(Kind::Pod, owned),
             None,
             "the controller counts, not its pods"
         );

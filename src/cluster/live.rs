@@ -13,7 +13,9 @@ use kube::discovery::{self, Scope};
 use kube::{Api, Client};
 use serde_json::Value;
 
+use super::stored::StoredWorkload;
 use super::{configmap_ref, convert, watch, WATCHED};
+use crate::core::claim::Claim;
 use crate::core::inventory::Inventory;
 use crate::core::policy::Policy;
 use crate::core::workload::{Kind, Workload, WorkloadKey};
@@ -91,17 +93,16 @@ pub async fn read(
     let mut stored = HashMap::new();
     let mut own_namespace_only = Vec::new();
     for kind in WATCHED {
-        let resource = convert::api_resource(kind);
         let mut params = ListParams::default();
         if let Some(fields) = watch::workload_config(kind).field_selector {
             params = params.fields(&fields);
         }
-        let everywhere: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        let everywhere: Api<StoredWorkload> = Api::all_with(client.clone(), &kind);
         let objects = match everywhere.list(&params).await {
             Ok(objects) => objects,
             Err(error) if forbidden(&error) => {
                 own_namespace_only.push(kind.plural());
-                Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource)
+                Api::<StoredWorkload>::namespaced_with(client.clone(), namespace, &kind)
                     .list(&params)
                     .await
                     .with_context(|| {
@@ -115,15 +116,14 @@ pub async fn read(
                 return Err(error).with_context(|| format!("cannot list {}", kind.plural()))
             }
         };
-        for object in &objects.items {
-            if let Some(claim) = convert::claim(kind, object) {
+        for object in objects.items {
+            let key = convert::key(kind, &object);
+            let workload = convert::workload(kind, object);
+            if let Some(claim) = Claim::of_stored(&workload) {
                 inventory.hold(claim);
             }
-            let key = convert::key(kind, object);
             if key.namespace == namespace {
-                if let Ok(workload) = convert::workload(kind, object) {
-                    stored.insert(key, workload);
-                }
+                stored.insert(key, workload);
             }
         }
     }

@@ -7,6 +7,7 @@ mod convert;
 pub mod ledger;
 pub mod live;
 mod state;
+mod stored;
 mod watch;
 
 use std::sync::Arc;
@@ -14,11 +15,11 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::api::ListParams;
-use kube::core::DynamicObject;
 use kube::{Api, Client};
 
 pub use commit::{ClusterBackend, Committer};
 pub use state::{Cache, ClusterState};
+use stored::StoredWorkload;
 
 /// The ConfigMap of commitments, in the namespace of the policy ConfigMap.
 pub const LEDGER_CONFIGMAP: &str = "gpushare-ledger";
@@ -125,7 +126,7 @@ pub async fn snapshot(
         .context("cannot list nodes")?;
     let mut inventory = Inventory::new(nodes.items.iter().map(convert::node).collect());
     for kind in WATCHED {
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &convert::api_resource(kind));
+        let api: Api<StoredWorkload> = Api::all_with(client.clone(), &kind);
         let mut params = ListParams::default();
         if let Some(fields) = watch::workload_config(kind).field_selector {
             params = params.fields(&fields);
@@ -134,7 +135,7 @@ pub async fn snapshot(
             .list(&params)
             .await
             .with_context(|| format!("cannot list {}", kind.plural()))?;
-        for object in &objects.items {
+        for object in objects.items {
             if let Some(claim) = convert::claim(kind, object) {
                 inventory.hold(claim);
             }

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, ObjectReference};
-use kube::core::DynamicObject;
 use kube::runtime::events::{Event as K8sEvent, EventType, Recorder, Reporter};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
@@ -15,6 +14,7 @@ use kube::{Api, Client, Resource};
 use super::convert;
 use super::ledger::Ledger;
 use super::state::{Cache, ClusterState};
+use super::stored::StoredWorkload;
 use crate::core::policy::Policy;
 use crate::core::workload::Kind;
 use crate::webhook::metrics::{Metrics, ResultLabels};
@@ -87,7 +87,7 @@ pub const FINISHED_PODS_EXCLUDED: &str = "status.phase!=Succeeded,status.phase!=
 
 /// Keeps the claims of one workload kind: every object is read back into its claim as it comes.
 pub async fn workloads(client: Client, state: Arc<ClusterState>, kind: Kind) {
-    let api: Api<DynamicObject> = Api::all_with(client, &convert::api_resource(kind));
+    let api: Api<StoredWorkload> = Api::all_with(client, &kind);
     let cache = Cache::Workloads(kind);
     let mut listing = Vec::new();
     let events = logged(
@@ -98,13 +98,13 @@ pub async fn workloads(client: Client, state: Arc<ClusterState>, kind: Kind) {
     while let Some(event) = events.next().await {
         match event {
             Event::Init => listing.clear(),
-            Event::InitApply(object) => listing.extend(convert::claim(kind, &object)),
+            Event::InitApply(object) => listing.extend(convert::claim(kind, object)),
             Event::InitDone => {
                 state.replace_claims(kind, std::mem::take(&mut listing));
                 state.mark_synced(cache);
             }
             Event::Apply(object) => {
-                state.apply_claim(convert::key(kind, &object), convert::claim(kind, &object))
+                state.apply_claim(convert::key(kind, &object), convert::claim(kind, object))
             }
             Event::Delete(object) => state.apply_claim(convert::key(kind, &object), None),
         }

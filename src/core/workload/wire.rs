@@ -86,6 +86,9 @@ pub struct ObjectMeta {
     pub generate_name: String,
     #[serde(default, deserialize_with = "nullable")]
     pub namespace: String,
+    /// Where a watch of stored objects resumes; empty in admission requests.
+    #[serde(default, deserialize_with = "nullable")]
+    pub resource_version: String,
     /// `None` when the object has no annotations map at all (a patch must then add the map).
     #[serde(default)]
     pub annotations: Option<BTreeMap<String, String>>,
