@@ -76,6 +76,11 @@ pub fn ledger(deployments: usize, nodes: usize, now_ms: u64) -> Value {
         "metadata": {"name": "gpushare-ledger", "namespace": "gpushare-system"}, "data": data})
 }
 
+/// The uid of review `serial`: its last 12 digits are the serial in hex.
+pub fn review_uid(serial: u64) -> String {
+    format!("705ab4f5-6393-11e8-b7cc-{serial:012x}")
+}
+
 /// The dry-run CREATE every admission sends: a managed Deployment pinned to node 0, `auto` GPU.
 pub fn review(uid: u64) -> Vec<u8> {
     let object = json!({
@@ -88,7 +93,7 @@ pub fn review(uid: u64) -> Vec<u8> {
     });
     serde_json::to_vec(&json!({
         "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-        "request": {"uid": format!("705ab4f5-6393-11e8-b7cc-{uid:012x}"),
+        "request": {"uid": review_uid(uid),
             "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
             "resource": {"group": "apps", "version": "v1", "resource": "deployments"},
             "requestKind": {"group": "apps", "version": "v1", "kind": "Deployment"},

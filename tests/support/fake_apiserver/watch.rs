@@ -29,9 +29,12 @@ pub(crate) struct WatchStream {
     pub(crate) done: bool,
 }
 
+/// One event line, `type` first as the real API server writes it (a client may stream the object
+/// only once it knows the type), serialized without a copy of the object.
 pub(crate) fn line(typ: &str, obj: &Value) -> Bytes {
-    let mut v = serde_json::to_vec(&json!({"type": typ, "object": obj})).unwrap();
-    v.push(b'\n');
+    let mut v = format!("{{\"type\":\"{typ}\",\"object\":").into_bytes();
+    serde_json::to_writer(&mut v, obj).unwrap();
+    v.extend_from_slice(b"}\n");
     Bytes::from(v)
 }
 
