@@ -30,7 +30,13 @@ struct Figures {
     events: usize,
     c1: f64,
     c16: f64,
+    p50: Duration,
     p99: Duration,
+    /// Server CPU per admission at concurrency 16, the share of its core it kept busy, and the
+    /// share of the other core this process (load generator and fake API server) used.
+    cpu_per_admission: Duration,
+    busy_at_c16: f64,
+    load_busy_at_c16: f64,
     rss_kb: u64,
     ready_after_lists: Duration,
 }
@@ -189,7 +195,15 @@ async fn measure(
     let cpu_per_event = Duration::from_secs_f64(cpu / events as f64);
 
     let c1 = load::run(&ca, server.addr, 1, seconds).await;
+    let own_pid = std::process::id();
+    let (cpu_before, load_cpu_before) = (server.cpu(), process::cpu_of(own_pid));
+    let started = Instant::now();
     let c16 = load::run(&ca, server.addr, 16, seconds).await;
+    let c16_cpu = (server.cpu() - cpu_before).as_secs_f64();
+    let elapsed = started.elapsed().as_secs_f64();
+    let busy_at_c16 = c16_cpu / elapsed;
+    let load_busy_at_c16 = (process::cpu_of(own_pid) - load_cpu_before).as_secs_f64() / elapsed;
+    let cpu_per_admission = Duration::from_secs_f64(c16_cpu / c16.requests.max(1) as f64);
     drop(server);
     Figures {
         size: format!("{nodes} x {deployments}"),
@@ -197,7 +211,11 @@ async fn measure(
         events,
         c1: c1.per_second,
         c16: c16.per_second,
+        p50: c16.p50,
         p99: c16.p99,
+        cpu_per_admission,
+        busy_at_c16,
+        load_busy_at_c16,
         rss_kb,
         ready_after_lists,
     }
@@ -225,9 +243,24 @@ fn render(rows: &[Figures], pin: bool) -> String {
     out.push_str(&line("admission req/s, concurrency 1 / 16", &|r| {
         format!("{:.0} / {:.0}", r.c1, r.c16)
     }));
-    out.push_str(&line("p99 at concurrency 16", &|r| {
-        format!("{:.2} ms", r.p99.as_secs_f64() * 1e3)
+    out.push_str(&line("p99 at concurrency 16 (p50)", &|r| {
+        format!(
+            "{:.2} ms ({:.2} ms)",
+            r.p99.as_secs_f64() * 1e3,
+            r.p50.as_secs_f64() * 1e3
+        )
     }));
+    out.push_str(&line(
+        "server CPU per admission at 16 (server / load core busy)",
+        &|r| {
+            format!(
+                "{:.1} us ({:.0}% / {:.0}%)",
+                r.cpu_per_admission.as_secs_f64() * 1e6,
+                r.busy_at_c16 * 100.0,
+                r.load_busy_at_c16 * 100.0
+            )
+        },
+    ));
     out.push_str(&line("RSS after sync", &|r| {
         format!("{:.1} MiB", r.rss_kb as f64 / 1024.0)
     }));

@@ -10,7 +10,10 @@ use super::objects;
 static NEXT_UID: AtomicU64 = AtomicU64::new(1);
 
 pub struct LoadResult {
+    /// Requests answered in the measured time (after each worker's warm-up request).
+    pub requests: usize,
     pub per_second: f64,
+    pub p50: Duration,
     pub p99: Duration,
 }
 
@@ -109,13 +112,17 @@ pub async fn run(
         all.extend(worker.await.expect("a load worker"));
     }
     all.sort();
-    let p99 = all
-        .get((all.len() as f64 * 0.99) as usize)
-        .or(all.last())
-        .copied()
-        .unwrap_or_default();
+    let percentile = |p: f64| {
+        all.get((all.len() as f64 * p) as usize)
+            .or(all.last())
+            .copied()
+            .unwrap_or_default()
+    };
+    let (p50, p99) = (percentile(0.5), percentile(0.99));
     LoadResult {
+        requests: all.len(),
         per_second: all.len() as f64 / time.as_secs_f64(),
+        p50,
         p99,
     }
 }
