@@ -13,6 +13,7 @@ use crate::cli::args::{
     ApplyArgs, CertsArgs, CheckArgs, CheckOutput, LogFormat, ServeArgs, StatusArgs, StatusOutput,
 };
 use crate::cli::check;
+use crate::cli::log_buffer;
 use crate::cli::policy_file::{self, read_policy};
 use crate::core::inventory::Inventory;
 use crate::core::policy::Policy;
@@ -31,25 +32,14 @@ pub const EXIT_ERROR: u8 = 2;
 /// How long `status` may take to read the cluster.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The most log bytes one write to stderr carries.
-const LOG_WRITE_BYTES: usize = 64 * 1024;
-
 /// How often a `--policy` file is checked for changes.
 const POLICY_FILE_POLL: Duration = Duration::from_secs(1);
 
-/// Logs go to stderr through a writer thread, so a request never waits on a write to the
-/// container runtime's pipe. Not lossy: when the queue is full, logging waits rather than drops.
-/// The thread writes whole lines into a buffer it flushes whenever its queue runs dry: under
-/// load one write carries many lines instead of one each, and a quiet server's line is
-/// written at once. Keep the guard until exit: dropping it flushes what is queued.
-pub fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(8192)
-        .finish(std::io::BufWriter::with_capacity(
-            LOG_WRITE_BYTES,
-            std::io::stderr(),
-        ));
+/// Logs go to stderr in batches (see `log_buffer`): a request never waits on a write to the
+/// container runtime's pipe. Keep the returned guard until exit: dropping it writes what is
+/// pending.
+pub fn init_logging(format: LogFormat) -> log_buffer::Flusher<std::io::Stderr> {
+    let (writer, guard) = log_buffer::start(std::io::stderr());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()

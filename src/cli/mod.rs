@@ -7,5 +7,6 @@ pub mod args;
 pub mod certs;
 pub mod check;
 pub mod commands;
+pub mod log_buffer;
 pub mod log_format;
 pub mod policy_file;
