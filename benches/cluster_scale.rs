@@ -2,12 +2,14 @@
 //! 0 with `taskset` when available) against the in-process fake API server (core 1) holding N nodes
 //! with 2 GPUs each and M Deployments, half of them managed and pinned to one node each. For each
 //! size it reports, side by side: server CPU per Deployment watch event (status churn), admission
-//! req/s at concurrency 1 and 16 (dry-run managed request over HTTPS), p99 at 16, RSS after sync
-//! and the time from the last list page to /readyz 200.
+//! req/s at concurrency 1 and 16 (dry-run managed request over HTTPS), p50 and p99 at 16, server
+//! CPU per admission, RSS after sync and the time from the last list page to /readyz 200. Every
+//! size's cluster stays up until the end: the admission rounds visit the sizes in turn.
 //!
 //! Knobs: CLUSTER_BENCH_SIZES (default `10x100,100x1000,1000x10000`), CLUSTER_BENCH_SECONDS (per
-//! load level, default 3), CLUSTER_BENCH_CPU_SECONDS (server CPU the churn aims to spend, default 2),
-//! CLUSTER_BENCH_BIN (another `gpushare` binary, e.g. an older build, instead of this release build).
+//! load level, default 3), CLUSTER_BENCH_ROUNDS (admission rounds, default 3; medians are shown),
+//! CLUSTER_BENCH_CPU_SECONDS (server CPU the churn aims to spend, default 2), CLUSTER_BENCH_BIN
+//! (another `gpushare` binary, e.g. an older build, instead of this release build).
 
 #[path = "../tests/support/fake_apiserver.rs"]
 mod fake_apiserver;
@@ -28,6 +30,15 @@ struct Figures {
     size: String,
     cpu_per_event: Duration,
     events: usize,
+    rss_kb: u64,
+    ready_after_lists: Duration,
+    /// The median of the admission rounds.
+    admissions: Admissions,
+}
+
+/// One round of admission load on one size.
+#[derive(Clone, Copy, Default)]
+struct Admissions {
     c1: f64,
     c16: f64,
     p50: Duration,
@@ -37,8 +48,36 @@ struct Figures {
     cpu_per_admission: Duration,
     busy_at_c16: f64,
     load_busy_at_c16: f64,
-    rss_kb: u64,
-    ready_after_lists: Duration,
+}
+
+impl Admissions {
+    /// Each figure's median over the rounds.
+    fn median(rounds: &[Admissions]) -> Admissions {
+        fn mid<T: Copy + PartialOrd>(mut values: Vec<T>) -> T {
+            values.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+            values[values.len() / 2]
+        }
+        let of = |f: fn(&Admissions) -> f64| mid(rounds.iter().map(f).collect());
+        let of_time = |f: fn(&Admissions) -> Duration| mid(rounds.iter().map(f).collect());
+        Admissions {
+            c1: of(|a| a.c1),
+            c16: of(|a| a.c16),
+            p50: of_time(|a| a.p50),
+            p99: of_time(|a| a.p99),
+            cpu_per_admission: of_time(|a| a.cpu_per_admission),
+            busy_at_c16: of(|a| a.busy_at_c16),
+            load_busy_at_c16: of(|a| a.load_busy_at_c16),
+        }
+    }
+}
+
+/// A size's cluster, kept running between admission rounds.
+struct Running {
+    _api: FakeApiServer,
+    server: Server,
+    ca: Vec<u8>,
+    figures: Figures,
+    rounds: Vec<Admissions>,
 }
 
 fn env_parse<T: std::str::FromStr>(name: &str) -> Option<T> {
@@ -50,6 +89,7 @@ fn main() {
         .unwrap_or_else(|_| "10x100,100x1000,1000x10000".into());
     let seconds = Duration::from_secs_f64(env_parse("CLUSTER_BENCH_SECONDS").unwrap_or(3.0));
     let cpu_budget = Duration::from_secs_f64(env_parse("CLUSTER_BENCH_CPU_SECONDS").unwrap_or(2.0));
+    let rounds: usize = env_parse("CLUSTER_BENCH_ROUNDS").unwrap_or(3).max(1);
     let pin = process::have_taskset();
     if pin {
         process::pin_self_to_core_1();
@@ -73,40 +113,60 @@ fn main() {
         .output()
         .expect("gpushare certs runs");
     assert!(certs.status.success(), "gpushare certs failed");
-    let mut rows = Vec::new();
+    let mut running = Vec::new();
     for size in sizes.split(',') {
         let (nodes, deployments) = size
             .split_once('x')
             .and_then(|(n, m)| Some((n.trim().parse().ok()?, m.trim().parse().ok()?)))
             .unwrap_or_else(|| panic!("CLUSTER_BENCH_SIZES: {size:?} is not NODESxDEPLOYMENTS"));
-        let figures = runtime.block_on(measure(
+        running.push(runtime.block_on(prepare(
             program,
             dir.path(),
             nodes,
             deployments,
-            seconds,
             cpu_budget,
             pin,
-        ));
-        eprintln!("cluster_scale: {} done", figures.size);
-        rows.push(figures);
+        )));
     }
-    let table = render(&rows, pin);
+    // Admission rounds go size by size in turn, so a shared machine's drift (it runs at
+    // different speeds from minute to minute) falls on every size alike; medians are shown.
+    for round in 1..=rounds {
+        for size in &mut running {
+            let admissions = runtime.block_on(admissions(size, seconds));
+            size.rounds.push(admissions);
+        }
+        eprintln!("cluster_scale: admission round {round} of {rounds} done");
+    }
+    let rows: Vec<Figures> = running
+        .into_iter()
+        .map(|size| Figures {
+            admissions: Admissions::median(&size.rounds),
+            ..size.figures
+        })
+        .collect();
+    let table = render(&rows, pin, rounds);
     println!("{table}");
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-cluster-scale.md");
     let _ = std::fs::write(&out, &table);
     println!("(written to {})", out.display());
 }
 
-async fn measure(
+/// Starts a size's cluster and server, and measures what needs no admission load.
+async fn prepare(
     program: &Path,
     dir: &Path,
     nodes: usize,
     deployments: usize,
-    seconds: Duration,
     cpu_budget: Duration,
     pin: bool,
-) -> Figures {
+) -> Running {
+    // Each size has its own kubeconfig (its own fake API server); the certificates are shared.
+    let dir_for_size = dir.join(format!("{nodes}x{deployments}"));
+    std::fs::create_dir_all(&dir_for_size).expect("a directory per size");
+    for file in ["ca.crt", "tls.crt", "tls.key"] {
+        std::fs::copy(dir.join(file), dir_for_size.join(file)).expect("the certificates copy");
+    }
+    let dir = dir_for_size.as_path();
     let api = FakeApiServer::start().await;
     for i in 0..nodes {
         api.apply(objects::node(i));
@@ -194,34 +254,46 @@ async fn measure(
     let cpu = spend(events).await;
     let cpu_per_event = Duration::from_secs_f64(cpu / events as f64);
 
-    let c1 = load::run(&ca, server.addr, 1, seconds).await;
-    let own_pid = std::process::id();
-    let (cpu_before, load_cpu_before) = (server.cpu(), process::cpu_of(own_pid));
-    let started = Instant::now();
-    let c16 = load::run(&ca, server.addr, 16, seconds).await;
-    let c16_cpu = (server.cpu() - cpu_before).as_secs_f64();
-    let elapsed = started.elapsed().as_secs_f64();
-    let busy_at_c16 = c16_cpu / elapsed;
-    let load_busy_at_c16 = (process::cpu_of(own_pid) - load_cpu_before).as_secs_f64() / elapsed;
-    let cpu_per_admission = Duration::from_secs_f64(c16_cpu / c16.requests.max(1) as f64);
-    drop(server);
-    Figures {
+    let figures = Figures {
         size: format!("{nodes} x {deployments}"),
         cpu_per_event,
         events,
+        rss_kb,
+        ready_after_lists,
+        admissions: Admissions::default(),
+    };
+    eprintln!("cluster_scale: {} ready", figures.size);
+    Running {
+        _api: api,
+        server,
+        ca,
+        figures,
+        rounds: Vec::new(),
+    }
+}
+
+/// One round of admission load: concurrency 1, then 16.
+async fn admissions(size: &Running, seconds: Duration) -> Admissions {
+    let (server, ca) = (&size.server, &size.ca);
+    let c1 = load::run(ca, server.addr, 1, seconds).await;
+    let own_pid = std::process::id();
+    let (cpu_before, load_cpu_before) = (server.cpu(), process::cpu_of(own_pid));
+    let started = Instant::now();
+    let c16 = load::run(ca, server.addr, 16, seconds).await;
+    let c16_cpu = (server.cpu() - cpu_before).as_secs_f64();
+    let elapsed = started.elapsed().as_secs_f64();
+    Admissions {
         c1: c1.per_second,
         c16: c16.per_second,
         p50: c16.p50,
         p99: c16.p99,
-        cpu_per_admission,
-        busy_at_c16,
-        load_busy_at_c16,
-        rss_kb,
-        ready_after_lists,
+        cpu_per_admission: Duration::from_secs_f64(c16_cpu / c16.requests.max(1) as f64),
+        busy_at_c16: c16_cpu / elapsed,
+        load_busy_at_c16: (process::cpu_of(own_pid) - load_cpu_before).as_secs_f64() / elapsed,
     }
 }
 
-fn render(rows: &[Figures], pin: bool) -> String {
+fn render(rows: &[Figures], pin: bool, rounds: usize) -> String {
     let mut out = String::new();
     let header: Vec<String> = rows.iter().map(|r| r.size.clone()).collect();
     out.push_str(&format!(
@@ -241,13 +313,13 @@ fn render(rows: &[Figures], pin: bool) -> String {
         )
     }));
     out.push_str(&line("admission req/s, concurrency 1 / 16", &|r| {
-        format!("{:.0} / {:.0}", r.c1, r.c16)
+        format!("{:.0} / {:.0}", r.admissions.c1, r.admissions.c16)
     }));
     out.push_str(&line("p99 at concurrency 16 (p50)", &|r| {
         format!(
             "{:.2} ms ({:.2} ms)",
-            r.p99.as_secs_f64() * 1e3,
-            r.p50.as_secs_f64() * 1e3
+            r.admissions.p99.as_secs_f64() * 1e3,
+            r.admissions.p50.as_secs_f64() * 1e3
         )
     }));
     out.push_str(&line(
@@ -255,9 +327,9 @@ fn render(rows: &[Figures], pin: bool) -> String {
         &|r| {
             format!(
                 "{:.1} us ({:.0}% / {:.0}%)",
-                r.cpu_per_admission.as_secs_f64() * 1e6,
-                r.busy_at_c16 * 100.0,
-                r.load_busy_at_c16 * 100.0
+                r.admissions.cpu_per_admission.as_secs_f64() * 1e6,
+                r.admissions.busy_at_c16 * 100.0,
+                r.admissions.load_busy_at_c16 * 100.0
             )
         },
     ));
@@ -268,9 +340,12 @@ fn render(rows: &[Figures], pin: bool) -> String {
         format!("{:.2} s", r.ready_after_lists.as_secs_f64())
     }));
     out.push_str(if pin {
-        "\nserver pinned to core 0, fake API server and load on core 1 (taskset)\n"
+        "\nservers pinned to core 0, fake API servers and load on core 1 (taskset)"
     } else {
-        "\nUNPINNED (no taskset): figures are not comparable\n"
+        "\nUNPINNED (no taskset): figures are not comparable"
     });
+    out.push_str(&format!(
+        "; admission rows: median of {rounds} rounds, the sizes taking turns\n"
+    ));
     out
 }
