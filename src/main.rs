@@ -12,8 +12,16 @@ fn main() -> ExitCode {
         Command::Check(args) => commands::check(args),
         Command::Certs(args) => commands::certs(args),
         Command::Serve(args) => {
-            let _logs = commands::init_logging(args.log_format);
-            match runtime().block_on(commands::serve(args)) {
+            let served = {
+                let _logs = commands::init_logging(args.log_format);
+                let runtime = runtime();
+                let served = runtime.block_on(commands::serve(args));
+                // Its tasks may still log as they stop, before `_logs` writes the rest out.
+                drop(runtime);
+                served
+            };
+            // The logs are written out by now, so the reason comes last.
+            match served {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("gpushare: {error:#}");
