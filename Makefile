@@ -69,6 +69,7 @@ undeploy:
 # BENCH_WARMUP_SECONDS, BENCH_REQUESTS, BENCH_LEVELS, BENCH_INFO_LOG=0; soak: BENCH_SOAK_SECONDS=300
 # BENCH_RATE=<req/s> (see BENCHMARKS.md).
 bench:
+	$(CARGO) bench --locked --bench review
 	$(CARGO) bench --locked --bench admission
 	$(CARGO) bench --locked --bench cluster_scale
 
