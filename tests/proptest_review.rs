@@ -91,8 +91,8 @@ fn services() -> &'static [Service] {
 
 /// Checks a serialized answer: an AdmissionReview whose denials carry a 4xx status and a
 /// message, and whose patch is base64 JSON Patch. Returns the response and the decoded patch.
-fn well_formed(answer: &[u8]) -> Result<(Response, Option<Value>), String> {
-    let review: ReviewResponse = serde_json::from_slice(answer)
+fn well_formed(answer: &[u8]) -> Result<(Response<'static>, Option<Value>), String> {
+    let review: ReviewResponse<'static> = serde_json::from_slice(answer)
         .map_err(|e| format!("the answer is not an AdmissionReview: {e}"))?;
     if review.api_version != API_VERSION || review.kind != KIND {
         return Err(format!(
@@ -141,7 +141,7 @@ fn apply(object: &Value, patch: &Value) -> Result<Value, String> {
 }
 
 /// Sends a review through one service: the well-formed answer, or why it is not.
-fn answer(s: &Service, review: &Value) -> Result<(Response, Option<Value>), String> {
+fn answer(s: &Service, review: &Value) -> Result<(Response<'static>, Option<Value>), String> {
     let body = serde_json::to_vec(review).expect("a Value serializes");
     let answer = futures::executor::block_on(s.service.review(&body))
         .map_err(|e| format!("a well-formed review was rejected: {e}"))?;
@@ -179,7 +179,7 @@ fn handled(review: &Value) -> Option<Kind> {
 fn check_review(s: &Service, review: &Value) -> Result<(), String> {
     let (response, patch) = answer(s, review)?;
     let uid = review.pointer("/request/uid").and_then(Value::as_str);
-    if Some(response.uid.as_str()) != uid {
+    if Some(&*response.uid) != uid {
         return Err(format!("uid {uid:?} answered as {:?}", response.uid));
     }
     let kind = handled(review);
@@ -211,7 +211,7 @@ fn check_review(s: &Service, review: &Value) -> Result<(), String> {
     let (second, second_patch) =
         answer(s, &again).map_err(|e| format!("the patched object: {e}"))?;
     if !second.allowed {
-        let message = second.status.as_ref().map_or("", |s| s.message.as_str());
+        let message = second.status.as_ref().map_or("", |s| &*s.message);
         return Err(format!(
             "the patched object is denied: {message}\nfirst patch: {patch}"
         ));
@@ -842,7 +842,7 @@ fn regression_review(name: &str) -> Value {
 }
 
 /// Every service's answer to a review that passes the checks of property (b).
-fn replay(review: &Value) -> Vec<Response> {
+fn replay(review: &Value) -> Vec<Response<'static>> {
     services()
         .iter()
         .map(|s| {

@@ -2,6 +2,8 @@
 //! it: only the request fields gpushare reads are parsed (the object stays raw until needed), and
 //! the response carries the same `uid`, `allowed`, a `status` on denial, and a base64 JSON Patch.
 
+use std::borrow::Cow;
+
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -129,40 +131,47 @@ pub fn present(raw: Option<&RawValue>) -> Option<&RawValue> {
     raw.filter(|r| r.get() != "null")
 }
 
+/// The answer. It borrows the uid, warnings and message from the request and the verdict, so
+/// answering copies nothing but the patch on its way to base64. Read back (in tests) it owns them.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ReviewResponse {
-    pub api_version: String,
-    pub kind: String,
-    pub response: Response,
+pub struct ReviewResponse<'a> {
+    pub api_version: Cow<'a, str>,
+    pub kind: Cow<'a, str>,
+    pub response: Response<'a>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Response {
-    pub uid: String,
+pub struct Response<'a> {
+    pub uid: Cow<'a, str>,
     pub allowed: bool,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub status: Option<Status>,
+    pub status: Option<Status<'a>>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub patch: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub patch_type: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty", default)]
-    pub warnings: Vec<String>,
+    pub patch_type: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "no_warnings", default)]
+    pub warnings: Cow<'a, [String]>,
+}
+
+#[allow(clippy::ptr_arg)] // serde hands over the field as it is
+fn no_warnings(warnings: &Cow<'_, [String]>) -> bool {
+    warnings.is_empty()
 }
 
 /// The `metav1.Status` of a denial.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Status {
+pub struct Status<'a> {
     pub code: u16,
-    pub message: String,
+    pub message: Cow<'a, str>,
     #[serde(default)]
-    pub status: String,
+    pub status: Cow<'a, str>,
 }
 
-impl ReviewResponse {
-    pub fn new(uid: &str, verdict: &Verdict) -> ReviewResponse {
+impl<'a> ReviewResponse<'a> {
+    pub fn new(uid: &'a str, verdict: &'a Verdict) -> ReviewResponse<'a> {
         let response = match verdict {
             Verdict::Allowed(m) => {
                 let patch = (!m.patch.is_empty()).then(|| {
@@ -170,47 +179,53 @@ impl ReviewResponse {
                     base64::engine::general_purpose::STANDARD.encode(json)
                 });
                 Response {
-                    uid: uid.to_string(),
-                    allowed: true,
-                    status: None,
-                    patch_type: patch.as_ref().map(|_| "JSONPatch".to_string()),
+                    patch_type: patch.as_ref().map(|_| Cow::Borrowed("JSONPatch")),
                     patch,
-                    warnings: m.warnings.clone(),
+                    warnings: Cow::Borrowed(&m.warnings),
+                    ..Response::allowed(uid)
                 }
             }
             Verdict::Denied(d) => Response {
-                uid: uid.to_string(),
                 allowed: false,
                 status: Some(Status {
                     code: d.code(),
-                    message: d.message.clone(),
-                    status: "Failure".into(),
+                    message: Cow::Borrowed(&d.message),
+                    status: Cow::Borrowed("Failure"),
                 }),
-                patch: None,
-                patch_type: None,
-                warnings: Vec::new(),
+                ..Response::allowed(uid)
             },
         };
+        ReviewResponse::with(response)
+    }
+
+    /// Allowed, unchanged: for kinds and operations gpushare does not handle.
+    pub fn allow(uid: &'a str) -> ReviewResponse<'a> {
+        ReviewResponse::with(Response::allowed(uid))
+    }
+
+    fn with(response: Response<'a>) -> ReviewResponse<'a> {
         ReviewResponse {
-            api_version: API_VERSION.into(),
-            kind: KIND.into(),
+            api_version: Cow::Borrowed(API_VERSION),
+            kind: Cow::Borrowed(KIND),
             response,
         }
     }
 
-    /// Allowed, unchanged: for kinds and operations gpushare does not handle.
-    pub fn allow(uid: &str) -> ReviewResponse {
-        ReviewResponse {
-            api_version: API_VERSION.into(),
-            kind: KIND.into(),
-            response: Response {
-                uid: uid.to_string(),
-                allowed: true,
-                status: None,
-                patch: None,
-                patch_type: None,
-                warnings: Vec::new(),
-            },
+    /// The body of the HTTP answer.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("responses serialize")
+    }
+}
+
+impl<'a> Response<'a> {
+    fn allowed(uid: &'a str) -> Response<'a> {
+        Response {
+            uid: Cow::Borrowed(uid),
+            allowed: true,
+            status: None,
+            patch: None,
+            patch_type: None,
+            warnings: Cow::Borrowed(&[]),
         }
     }
 }

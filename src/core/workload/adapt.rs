@@ -85,7 +85,7 @@ fn job(spec: RawSpec, status: &RawStatus) -> Parts {
 /// A CronJob's runs are Jobs from its job template; with `concurrencyPolicy: Allow` (the
 /// default) a run may start while the previous one still runs.
 fn cron_job(spec: RawSpec) -> Parts {
-    let job = spec.job_template.spec;
+    let job = spec.job_template.map(|t| t.spec).unwrap_or_default();
     let overlapping_runs = matches!(spec.concurrency_policy.as_str(), "" | "Allow");
     Parts {
         overlapping_runs,

@@ -64,6 +64,15 @@ where
     d.deserialize_any(ObjectVisitor(PhantomData))
 }
 
+/// `object`, on the heap: `None` only when the field is missing.
+fn boxed_object<'de, D, T>(d: D) -> Result<Option<Box<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default + Present,
+{
+    object(d).map(|value| Some(Box::new(value)))
+}
+
 /// A value read only from a JSON object (see `object`), e.g. a whole workload.
 #[derive(Debug, Clone, Default)]
 pub struct JsonObject<T>(pub T);
@@ -139,9 +148,9 @@ pub struct RawSpec {
     /// Deployment, ReplicaSet, StatefulSet, DaemonSet, Job.
     #[serde(default, deserialize_with = "object")]
     pub template: PodTemplate,
-    /// CronJob.
-    #[serde(default, deserialize_with = "object")]
-    pub job_template: JobTemplate,
+    /// CronJob. Boxed, as only CronJobs have it: the view stays small for serde to move.
+    #[serde(default, deserialize_with = "boxed_object")]
+    pub job_template: Option<Box<JobTemplate>>,
     /// CronJob.
     #[serde(default, deserialize_with = "nullable")]
     pub concurrency_policy: String,
@@ -425,11 +434,12 @@ mod tests {
                 "parallelism": 3, "template": {"spec": {"containers": [{"name": "c"}]}}}}}
         }))
         .unwrap();
-        assert_eq!(cron.spec.job_template.spec.parallelism, Some(3));
-        assert_eq!(
-            cron.spec.job_template.spec.template.spec.containers.len(),
-            1
-        );
+        let job = cron
+            .spec
+            .job_template
+            .expect("the CronJob has a job template");
+        assert_eq!(job.spec.parallelism, Some(3));
+        assert_eq!(job.spec.template.spec.containers.len(), 1);
     }
 
     #[test]
