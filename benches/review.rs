@@ -4,9 +4,12 @@
 //! server's service time that is gpushare's own, which the load benchmark can only show as the
 //! difference to its bare axum + rustls ceiling.
 //!
-//! Each case runs with logging off and with the `info` log line formatted (into a sink), as
-//! `gpushare serve` does by default. Knobs: `REVIEW_BENCH_ITERATIONS` (reviews per batch, default
-//! 20000), `REVIEW_BENCH_BATCHES` (7; the median batch is reported).
+//! Each case runs twice, each time in a child process set up as `serve` logs: `RUST_LOG=warn`
+//! (no line per admission) and `RUST_LOG=info` (the default: one text line per admission).
+//!
+//! Knobs: `REVIEW_BENCH_ITERATIONS` (reviews per batch, default 20000), `REVIEW_BENCH_BATCHES`
+//! (7; the median batch is reported), `REVIEW_BENCH_CASE` (time only this case, e.g. `Denied`,
+//! for a profile of one path).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -101,6 +104,56 @@ fn time(service: &AdmissionService, template: &Template, iterations: usize, batc
     per_review[per_review.len() / 2]
 }
 
+/// The env var that makes this binary a child timing one log level: its value is `RUST_LOG`.
+const CHILD_ENV: &str = "REVIEW_BENCH_CHILD";
+
+/// Times every case with `serve`'s own logging (`RUST_LOG` as given, text to stderr through the
+/// log buffer) and prints one `case nanoseconds` line per case.
+fn child(iterations: usize, batches: usize) {
+    let _logs = gpushare::cli::commands::init_logging(gpushare::cli::args::LogFormat::Text);
+    let service = service();
+    let only = std::env::var("REVIEW_BENCH_CASE").ok();
+    for template in &Template::all() {
+        if only
+            .as_ref()
+            .is_some_and(|c| *c != format!("{:?}", template.case))
+        {
+            continue;
+        }
+        check(&service, template);
+        let ns = time(&service, template, iterations, batches);
+        println!("{:?} {ns}", template.case);
+    }
+}
+
+/// Runs a child at `rust_log`: nanoseconds per review by case, and the bytes it logged.
+fn run_child(rust_log: &str, benchmark: bool) -> (Vec<(String, f64)>, usize) {
+    let exe = std::env::current_exe().expect("the bench knows its own path");
+    let mut command = std::process::Command::new(exe);
+    if benchmark {
+        command.arg("--bench");
+    }
+    let output = command
+        .env(CHILD_ENV, rust_log)
+        .env("RUST_LOG", rust_log)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("the bench runs itself");
+    assert!(
+        output.status.success(),
+        "the RUST_LOG={rust_log} run failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let times = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let (case, ns) = line.split_once(' ')?;
+            Some((case.to_string(), ns.parse().ok()?))
+        })
+        .collect();
+    (times, output.stderr.len())
+}
+
 fn main() {
     // `cargo test --all-targets` runs this without `--bench`: check the answers, time nothing much.
     let benchmark = std::env::args().any(|a| a == "--bench");
@@ -112,17 +165,33 @@ fn main() {
     } else {
         (10, 1)
     };
-    let service = service();
-    let templates = Template::all();
-    let info_log = tracing_subscriber::fmt()
-        .with_writer(std::io::sink)
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .finish();
-    let info_log = tracing::Dispatch::new(info_log);
+    if std::env::var_os(CHILD_ENV).is_some() {
+        child(iterations, batches);
+        return;
+    }
+    let (off, _) = run_child("warn", benchmark);
+    let (info, logged) = run_child("info", benchmark);
+    let cases = match std::env::var("REVIEW_BENCH_CASE") {
+        Ok(_) => 1,
+        Err(_) => Template::all().len(),
+    };
+    let reviews = cases * (iterations * batches + 1);
+    // One line per admission: a run that logged less did not measure the log line.
+    assert!(
+        logged >= reviews * 100,
+        "the info run logged {logged} bytes for {reviews} reviews"
+    );
+    let bodies: Vec<(String, usize)> = Template::all()
+        .iter()
+        .map(|t| (format!("{:?}", t.case), t.len()))
+        .collect();
 
     println!("\ngpushare review benchmark: AdmissionService::review in process, no HTTPS");
-    println!("{iterations} reviews per batch, median of {batches} batches, one thread\n");
+    println!(
+        "{iterations} reviews per batch, median of {batches} batches, one thread; log info: \
+         RUST_LOG=info, text, as `serve` writes it ({} bytes a review)\n",
+        logged / reviews
+    );
     println!(
         "{:<12}  {:>10}  {:>10}  {:>10}",
         "case", "body bytes", "log off", "log info"
@@ -135,23 +204,20 @@ fn main() {
         "-".repeat(10)
     );
     let mut sums = (0.0, 0.0);
-    for template in &templates {
-        check(&service, template);
-        let off = time(&service, template, iterations, batches);
-        let info = tracing::dispatcher::with_default(&info_log, || {
-            time(&service, template, iterations, batches)
-        });
+    for ((case, off), (_, info)) in off.iter().zip(&info) {
+        let body = bodies
+            .iter()
+            .find(|(c, _)| c == case)
+            .map_or(0, |(_, len)| *len);
         sums.0 += off;
         sums.1 += info;
         println!(
-            "{:<12}  {:>10}  {:>7.2} us  {:>7.2} us",
-            format!("{:?}", template.case),
-            template.len(),
+            "{case:<12}  {body:>10}  {:>7.2} us  {:>7.2} us",
             off / 1000.0,
             info / 1000.0
         );
     }
-    let n = templates.len() as f64;
+    let n = off.len() as f64;
     println!(
         "{:<12}  {:>10}  {:>7.2} us  {:>7.2} us",
         "mean",

@@ -93,6 +93,15 @@ async fn log_of_a_short_run(format_args: &[&str]) -> Vec<u8> {
         .await
         .expect("POST /mutate");
     assert_eq!(answer.status(), 200);
+    // Two GPUs for one module: denied, and the denial is logged with what to change.
+    let denied = Review::create(common::web(&[(common::GPU, "0,1")])).to_json();
+    let answer = client
+        .post(&url)
+        .json(&denied)
+        .send()
+        .await
+        .expect("POST /mutate");
+    assert_eq!(answer.status(), 200);
     let malformed = client
         .post(&url)
         .body("{not json")
@@ -138,6 +147,8 @@ async fn text_logs_to_a_file_have_no_ansi_escapes() {
     let text = String::from_utf8(log).expect("the log is UTF-8");
     for expected in [
         "listening on https://",
+        "decision=\"allowed\"",
+        "decision=\"denied\"",
         "rejected a malformed admission request",
         "stopped",
     ] {
@@ -182,6 +193,14 @@ async fn json_logs_are_one_json_object_a_line() {
         .find(|l| l["message"] == "rejected a malformed admission request")
         .unwrap_or_else(|| panic!("the malformed body must be logged: {messages:?}"));
     assert_eq!(malformed["level"], "WARN");
+    let denial = lines
+        .iter()
+        .find(|l| l["message"] == "admission" && l["decision"] == "denied")
+        .unwrap_or_else(|| panic!("the denied admission must be logged: {text}"));
+    assert!(
+        denial["denial"].as_str().is_some_and(|d| !d.is_empty()),
+        "a denial's log line says what to change: {denial}"
+    );
     assert!(
         malformed["error"].is_string(),
         "the event's fields sit next to the message: {malformed}"

@@ -184,7 +184,7 @@ impl AdmissionService {
         self.count("UPDATE", kind.as_str(), decision, outcome);
         tracing::info!(
             uid = %request.uid, object = %key, operation = "UPDATE", subresource = "scale", replicas, dry_run,
-            decision = outcome, message = match &verdict { Verdict::Denied(d) => Some(d.message.as_str()), _ => None },
+            decision = outcome, denial = match &verdict { Verdict::Denied(d) => Some(d.message.as_str()), _ => None },
             latency_us = started.elapsed().as_micros() as u64,
             "admission"
         );
@@ -252,7 +252,7 @@ impl AdmissionService {
                 self.count(operation, kind, Decision::denied, d.rule.as_str());
                 tracing::info!(
                     uid = %uid, object = %key, operation, dry_run,
-                    decision = "denied", reason = d.rule.as_str(), message = %d.message, latency_us,
+                    decision = "denied", reason = d.rule.as_str(), denial = %d.message, latency_us,
                     "admission"
                 );
             }
