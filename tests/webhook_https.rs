@@ -353,8 +353,20 @@ async fn malformed_bodies_get_400_and_the_server_keeps_serving() {
     let mut bad_object = valid.clone();
     bad_object["request"]["object"] = json!("not a Deployment");
 
+    // A well-formed review but for one byte that is not UTF-8, inside a label value.
+    let mut not_utf8 = valid.clone();
+    not_utf8["request"]["object"]["metadata"]["labels"] = json!({ "team": "vision@" });
+    let mut not_utf8 = serde_json::to_vec(&not_utf8).expect("json");
+    let at = not_utf8
+        .windows(7)
+        .position(|w| w == b"vision@")
+        .expect("the label is in the body")
+        + 6;
+    not_utf8[at] = 0xff;
+
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("garbage", b"\x00\xffthis is not JSON{{".to_vec()),
+        ("a string that is not UTF-8", not_utf8),
         ("empty body", Vec::new()),
         ("a JSON array", b"[1, 2, 3]".to_vec()),
         (

@@ -243,7 +243,7 @@ impl AdmissionService {
                 };
                 tracing::info!(
                     uid = %uid, object = %key, operation, dry_run,
-                    decision = "allowed", reason, assignment = assigned.map(ToString::to_string),
+                    decision = "allowed", reason, assignment = assigned.map(tracing::field::display),
                     warnings = m.warnings.len(), latency_us,
                     "admission"
                 );
