@@ -26,13 +26,12 @@ use std::time::{Duration, Instant};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
-use serde::Deserialize;
 use serde_json::json;
 use tokio_rustls::TlsConnector;
 
 #[path = "shared/requests.rs"]
 mod requests;
-use requests::{Case, Template, POLICY};
+use requests::{Case, ReviewAnswer, Template, POLICY};
 
 const CEILING_ENV: &str = "GPUSHARE_BENCH_CEILING";
 
@@ -419,21 +418,6 @@ impl Workspace {
 
 fn path_str(path: &Path) -> &str {
     path.to_str().expect("temporary paths are UTF-8")
-}
-
-#[derive(Deserialize)]
-struct ReviewAnswer {
-    #[serde(rename = "apiVersion")]
-    api_version: String,
-    response: AnswerBody,
-}
-
-#[derive(Deserialize)]
-struct AnswerBody {
-    uid: String,
-    allowed: bool,
-    #[serde(default)]
-    patch: Option<String>,
 }
 
 /// What a response is checked against: gpushare must answer each case correctly; the ceiling

@@ -20,29 +20,15 @@ use gpushare::core::inventory::Inventory;
 use gpushare::core::policy::Policy;
 use gpushare::webhook::metrics::Metrics;
 use gpushare::webhook::service::{AdmissionService, StandaloneBackend};
-use serde::Deserialize;
 
 #[path = "shared/requests.rs"]
 #[allow(dead_code)]
 mod requests;
-use requests::{Template, GPUS, POLICY};
+use requests::{ReviewAnswer, Template, GPUS, POLICY};
 
 /// The standalone backend decides without waiting, so one poll answers.
 const READY: &str = "a standalone review completes in one poll";
 const UID: &str = "b3c4d5e6-0000-4000-8000-000000000000";
-
-#[derive(Deserialize)]
-struct Answer {
-    response: AnswerBody,
-}
-
-#[derive(Deserialize)]
-struct AnswerBody {
-    uid: String,
-    allowed: bool,
-    #[serde(default)]
-    patch: Option<String>,
-}
 
 fn env_or(name: &str, default: usize) -> usize {
     match std::env::var(name) {
@@ -73,7 +59,8 @@ fn check(service: &AdmissionService, template: &Template) {
         .now_or_never()
         .expect(READY)
         .expect("the body is valid");
-    let answer: Answer = serde_json::from_slice(&answer).expect("the answer is an AdmissionReview");
+    let answer: ReviewAnswer =
+        serde_json::from_slice(&answer).expect("the answer is an AdmissionReview");
     let case = template.case;
     assert_eq!(answer.response.uid, UID);
     assert_eq!(answer.response.allowed, case.allowed(), "{case:?}: allowed");

@@ -85,23 +85,17 @@ async fn log_of_a_short_run(format_args: &[&str]) -> Vec<u8> {
         .build()
         .expect("client builds");
     let url = format!("https://localhost:{}/mutate", addr.port());
-    let review = Review::create(common::web(&[(common::GPU, "0")])).to_json();
-    let answer = client
-        .post(&url)
-        .json(&review)
-        .send()
-        .await
-        .expect("POST /mutate");
-    assert_eq!(answer.status(), 200);
-    // Two GPUs for one module: denied, and the denial is logged with what to change.
-    let denied = Review::create(common::web(&[(common::GPU, "0,1")])).to_json();
-    let answer = client
-        .post(&url)
-        .json(&denied)
-        .send()
-        .await
-        .expect("POST /mutate");
-    assert_eq!(answer.status(), 200);
+    // One admission, and one denial (two GPUs for one module), whose line says what to change.
+    for gpus in ["0", "0,1"] {
+        let review = Review::create(common::web(&[(common::GPU, gpus)])).to_json();
+        let answer = client
+            .post(&url)
+            .json(&review)
+            .send()
+            .await
+            .expect("POST /mutate");
+        assert_eq!(answer.status(), 200);
+    }
     let malformed = client
         .post(&url)
         .body("{not json")

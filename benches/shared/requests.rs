@@ -2,6 +2,7 @@
 //! the API server's defaulting, in the four cases that take different paths through gpushare.
 
 use hyper::body::Bytes;
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 pub const UID_PLACEHOLDER: &str = "@@UID@@";
@@ -216,4 +217,20 @@ impl Template {
     pub fn len(&self) -> usize {
         self.head.len() + self.tail.len() + 36
     }
+}
+
+/// The parts of an answer the benchmarks check.
+#[derive(Deserialize)]
+pub struct ReviewAnswer {
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    pub response: AnswerBody,
+}
+
+#[derive(Deserialize)]
+pub struct AnswerBody {
+    pub uid: String,
+    pub allowed: bool,
+    #[serde(default)]
+    pub patch: Option<String>,
 }
