@@ -15,7 +15,7 @@ pub mod webhook;
 /// Admission allocates and frees many small buffers per request (the parsed view, the patch, HTTP
 /// and TLS buffers); with jemalloc the server spends about a quarter less CPU per admission than
 /// with glibc's malloc, and the cluster caches stay as compact (mimalloc was as fast but held
-/// twice the memory after a large list). Set in the library so the tests and the in-process benchmark run on the allocator
-/// `serve` runs on. Figures: BENCHMARKS.md.
+/// twice the memory after a large list). Set in the library so that the tests and the in-process
+/// benchmark run on the allocator `serve` runs on. Figures: BENCHMARKS.md.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
