@@ -366,7 +366,7 @@ mod tests {
         );
         let raw = RawObject::deserialize(&document(&stored_yaml).value).expect("raw");
         let stored_workload = Workload::from_raw(Kind::Deployment, raw);
-        let claim = Claim::of_stored(&stored_workload).expect("a stored claim");
+        let claim = Claim::of_stored(&stored_workload, false).expect("a stored claim");
         let mut inventory = Inventory::standalone(Some(2));
         inventory.hold(claim);
         let stored = Stored::from([(stored_workload.key.clone(), stored_workload)]);

@@ -14,9 +14,11 @@ use kube::Api;
 use serde_json::{json, Map, Value};
 
 use super::ledger::{self, Edit, Ledger};
-use super::state::ClusterState;
+use super::state::{ClusterState, OWNER_WAIT};
 use crate::core::claim::ClaimChange;
+use crate::core::decision::Operation;
 use crate::core::decision::Request;
+use crate::core::handwritten;
 use crate::core::verdict::{Denial, Rule, Verdict};
 use crate::core::workload::WorkloadKey;
 use crate::webhook::backend::Backend;
@@ -288,9 +290,39 @@ pub struct ClusterBackend {
     pub committer: Arc<Committer>,
 }
 
+impl ClusterBackend {
+    /// An object a built-in controller just made may reach gpushare before the watch event of
+    /// that controller (or of its latest template): give the cache a moment to show it, so that
+    /// the object is recognised as the controller's and not counted a second time.
+    async fn await_owner(&self, request: &Request<'_>) {
+        let object = request.object;
+        let Some(controller) = object.builtin_controller() else {
+            return;
+        };
+        if !object.has_gpushare_annotations() && !handwritten::any(object) {
+            return;
+        }
+        let fingerprint = object.gpu_fingerprint();
+        // A new object carries its controller's current template; an older one may rightly differ.
+        let new = request.operation == Operation::Create;
+        self.state
+            .wait_for_owner(OWNER_WAIT, |view| {
+                if new {
+                    view.trusts_owner(controller, fingerprint)
+                } else {
+                    view.knows_owner(&controller.uid)
+                }
+            })
+            .await;
+    }
+}
+
 impl Backend for ClusterBackend {
     fn admit<'a>(&'a self, request: &'a Request<'a>, dry_run: bool) -> BoxFuture<'a, Verdict> {
-        Box::pin(self.committer.admit(&self.state, request, dry_run))
+        Box::pin(async move {
+            self.await_owner(request).await;
+            self.committer.admit(&self.state, request, dry_run).await
+        })
     }
 
     fn scale<'a>(
@@ -319,7 +351,6 @@ mod tests {
     use super::*;
     use crate::cluster::state::tests::{deployment, state};
     use crate::cluster::state::Cache;
-    use crate::core::decision::Operation;
     use crate::core::workload::{Kind, Workload};
 
     /// The ledger ConfigMap with the API server's optimistic concurrency, in memory.
@@ -512,6 +543,7 @@ mod tests {
             Cache::Nodes,
             Cache::Policy,
             Cache::Ledger,
+            Cache::Namespaces,
             Cache::Workloads(Kind::Deployment),
             Cache::Workloads(Kind::Job),
         ] {

@@ -8,9 +8,11 @@ use k8s_openapi::api::core::v1::Node as K8sNode;
 use kube::core::ApiResource;
 
 use super::stored::StoredWorkload;
-use crate::core::claim::Claim;
-use crate::core::inventory::Node;
-use crate::core::workload::{Kind, Workload, WorkloadKey};
+use crate::core::claim::{Assigned, Claim};
+use crate::core::handwritten;
+use crate::core::inventory::{Inventory, Node, Owner};
+use crate::core::policy::{HandWritten, Policy};
+use crate::core::workload::{ControllerRef, Kind, Workload, WorkloadKey};
 
 pub const GPU_COUNT_LABEL: &str = "nvidia.com/gpu.count";
 pub const GPU_REPLICAS_LABEL: &str = "nvidia.com/gpu.replicas";
@@ -78,9 +80,88 @@ pub fn workload(kind: Kind, object: StoredWorkload) -> Workload {
     Workload::from_raw(kind, raw)
 }
 
-/// What a stored workload holds (`None`: nothing).
-pub fn claim(kind: Kind, object: StoredWorkload) -> Option<Claim> {
-    Claim::of_stored(&workload(kind, object))
+/// What gpushare keeps of one stored object: what it holds as a module of its own, and, when a
+/// built-in controller names it, what it holds if that controller really made it. Which one
+/// counts is decided against the owners the cache knows (`Held::counted`), so an owner that
+/// arrives, changes or goes later is taken into account.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Held {
+    pub own: Option<Claim>,
+    /// Stored without gpushare's assignment and counted from the variables its containers write
+    /// by hand: not counted while policy `handWrittenGpuEnv` is `allow`.
+    pub by_hand: bool,
+    pub controlled: Option<Controlled>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Controlled {
+    pub controller: ControllerRef,
+    /// `Workload::gpu_fingerprint` of the object, to compare with its controller's template.
+    pub fingerprint: u64,
+    /// What it holds when the controller made it: only its ephemeral containers' GPU use.
+    pub exempt: Option<Claim>,
+}
+
+impl Held {
+    /// What the object counts as with the owners `view` knows and `policy` in force.
+    pub fn counted(&self, view: &Inventory, policy: &Policy) -> Option<Claim> {
+        if let Some(controlled) = &self.controlled {
+            if view.trusts_owner(&controlled.controller, controlled.fingerprint) {
+                return controlled.exempt.clone();
+            }
+        }
+        if self.by_hand && policy.hand_written_gpu_env == HandWritten::Allow {
+            return None;
+        }
+        self.own.clone()
+    }
+
+    /// The uid of the built-in controller it names, if any.
+    pub fn owner_uid(&self) -> Option<&str> {
+        self.controlled.as_ref().map(|c| c.controller.uid.as_str())
+    }
+}
+
+/// One stored object as the cache keeps it.
+#[derive(Debug, Clone)]
+pub struct StoredObject {
+    pub key: WorkloadKey,
+    /// Set when the object may own others (every kind but Pod), with its template's fingerprint.
+    pub owner: Option<(String, Owner)>,
+    /// `None` when it can hold nothing however its owner turns out (the common case: no GPU).
+    pub held: Option<Held>,
+}
+
+/// A stored object in the cache's terms.
+pub fn stored(kind: Kind, object: StoredWorkload) -> StoredObject {
+    let key = key(kind, &object);
+    let workload = workload(kind, object);
+    let owner = (kind != Kind::Pod && !workload.uid().is_empty()).then(|| {
+        (
+            workload.uid().to_string(),
+            Owner {
+                kind,
+                fingerprint: workload.gpu_fingerprint(),
+            },
+        )
+    });
+    let own = Claim::of_stored(&workload, false);
+    let by_hand = own.is_some()
+        && Assigned::read(workload.pod_annotations()).is_none()
+        && Assigned::read(workload.annotations()).is_none()
+        && handwritten::any(&workload);
+    let controlled = workload.builtin_controller().map(|controller| Controlled {
+        controller: controller.clone(),
+        fingerprint: workload.gpu_fingerprint(),
+        exempt: Claim::of_stored(&workload, true),
+    });
+    let holds_nothing = own.is_none() && controlled.as_ref().is_none_or(|c| c.exempt.is_none());
+    let held = (!holds_nothing).then_some(Held {
+        own,
+        by_hand,
+        controlled,
+    });
+    StoredObject { key, owner, held }
 }
 
 #[cfg(test)]
@@ -121,7 +202,7 @@ mod tests {
                 {"name": "a"}, {"name": "b"}, {"name": "c"}], "nodeSelector": {"edge": "1"}}}}
         }))
         .unwrap();
-        let job = claim(Kind::Job, object).unwrap();
+        let job = stored(Kind::Job, object).held.unwrap().own.unwrap();
         assert_eq!(job.key.to_string(), "ns/Job/m");
         assert_eq!((job.clients(), job.committed_percentage()), (6, 60));
         assert_eq!(
@@ -136,10 +217,19 @@ mod tests {
             "spec": {"containers": [{"name": "c"}]}
         }))
         .unwrap();
-        assert_eq!(
-            claim(Kind::Pod, owned),
-            None,
-            "the controller counts, not its pods"
+        let pod = stored(Kind::Pod, owned)
+            .held
+            .expect("held as a module of its own");
+        let mut view = Inventory::default();
+        let policy = Policy::default();
+        assert!(
+            pod.counted(&view, &policy).is_none(),
+            "trusted (standalone): the controller counts, not its pods"
+        );
+        view.verify_owners();
+        assert!(
+            pod.counted(&view, &policy).is_some(),
+            "an owner the cache does not know: the pod counts as its own module"
         );
         assert_eq!(api_resource(Kind::CronJob).api_version, "batch/v1");
         assert_eq!(api_resource(Kind::Pod).api_version, "v1");

@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use crate::core::claim::{Assigned, Claim, Share};
 use crate::core::domain::{GpuIndex, Mode, Percentage};
 use crate::core::inventory::Placement;
+use crate::core::pods::{PodCount, Surge};
 use crate::core::workload::{Kind, WorkloadKey};
 
 /// How long an entry is trusted before the stored workloads must show it: the time between an
@@ -68,13 +69,24 @@ struct Wire {
     mode: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     percentage: Option<u64>,
+    /// Replicas (or parallelism); the rollout's surge is kept apart so a scale resolves it again.
     pods: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    surge_pods: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    surge_percent: u32,
     containers: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    extra_percentage: u32,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     node_selector: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     node_name: String,
     written_ms: u64,
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
 }
 
 pub fn encode_entry(entry: &Entry) -> String {
@@ -87,8 +99,17 @@ pub fn encode_entry(entry: &Entry) -> String {
             .share
             .percentage()
             .map(|p| u64::from(p.get())),
-        pods: claim.pods,
+        pods: claim.pods.replicas,
+        surge_pods: match claim.pods.surge {
+            Surge::Pods(n) => n,
+            _ => 0,
+        },
+        surge_percent: match claim.pods.surge {
+            Surge::Percent(p) => p,
+            _ => 0,
+        },
         containers: claim.containers,
+        extra_percentage: claim.extra_percentage,
         node_selector: claim.placement.node_selector.clone(),
         node_name: claim.placement.node_name.clone(),
         written_ms: entry.written_ms,
@@ -113,8 +134,16 @@ pub fn decode_entry(key: WorkloadKey, text: &str) -> Option<Entry> {
                 gpu: GpuIndex(wire.gpu),
                 share,
             },
-            pods: wire.pods,
+            pods: PodCount {
+                replicas: wire.pods,
+                surge: match (wire.surge_pods, wire.surge_percent) {
+                    (0, 0) => Surge::None,
+                    (0, p) => Surge::Percent(p),
+                    (n, _) => Surge::Pods(n),
+                },
+            },
             containers: wire.containers,
+            extra_percentage: wire.extra_percentage,
         },
         written_ms: wire.written_ms,
     })
@@ -249,8 +278,12 @@ mod tests {
                 gpu: GpuIndex(gpu),
                 share: Share::Mps(Percentage::new(percentage).unwrap()),
             },
-            pods,
+            pods: PodCount {
+                replicas: pods,
+                surge: Surge::Percent(25),
+            },
             containers: 1,
+            extra_percentage: 0,
         }
     }
 
@@ -281,8 +314,9 @@ mod tests {
                 gpu: GpuIndex(1),
                 share: Share::TimeSlicing,
             },
-            pods: 2,
+            pods: PodCount::fixed(2),
             containers: 3,
+            extra_percentage: 20,
         };
         for claim in [claim("a", 0, 3, 20), job] {
             let entry = Entry {

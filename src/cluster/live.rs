@@ -16,6 +16,7 @@ use serde_json::Value;
 use super::stored::StoredWorkload;
 use super::{configmap_ref, convert, watch, WATCHED};
 use crate::core::claim::Claim;
+use crate::core::decision::made_by_controller;
 use crate::core::inventory::Inventory;
 use crate::core::policy::Policy;
 use crate::core::workload::{Kind, Workload, WorkloadKey};
@@ -119,7 +120,8 @@ pub async fn read(
         for object in objects.items {
             let key = convert::key(kind, &object);
             let workload = convert::workload(kind, object);
-            if let Some(claim) = Claim::of_stored(&workload) {
+            let exempt = made_by_controller(&workload, &inventory);
+            if let Some(claim) = Claim::of_stored(&workload, exempt) {
                 inventory.hold(claim);
             }
             if key.namespace == namespace {

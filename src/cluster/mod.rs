@@ -63,6 +63,7 @@ pub async fn start(
         metrics.clone(),
     ));
     tokio::spawn(watch::nodes(client.clone(), state.clone()));
+    tokio::spawn(watch::namespaces(client.clone(), state.clone()));
     tokio::spawn(watch::ledger(
         client.clone(),
         state.clone(),
@@ -124,7 +125,9 @@ pub async fn snapshot(
         .list(&ListParams::default())
         .await
         .context("cannot list nodes")?;
-    let mut inventory = Inventory::new(nodes.items.iter().map(convert::node).collect());
+    // The same cache the server keeps, filled once: owners are checked as the server checks them.
+    let view = ClusterState::new(policy.clone(), &WATCHED, Arc::new(Metrics::new()));
+    view.replace_nodes(nodes.items.iter().map(convert::node).collect());
     for kind in WATCHED {
         let api: Api<StoredWorkload> = Api::all_with(client.clone(), &kind);
         let mut params = ListParams::default();
@@ -135,11 +138,13 @@ pub async fn snapshot(
             .list(&params)
             .await
             .with_context(|| format!("cannot list {}", kind.plural()))?;
-        for object in objects.items {
-            if let Some(claim) = convert::claim(kind, object) {
-                inventory.hold(claim);
-            }
-        }
+        let objects: Vec<_> = objects
+            .items
+            .into_iter()
+            .map(|object| convert::stored(kind, object))
+            .collect();
+        view.replace_stored(kind, objects);
     }
+    let (_, inventory) = view.snapshot();
     Ok((policy, inventory))
 }

@@ -6,10 +6,11 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::convert::{Held, StoredObject};
 use super::ledger::{self, Edit, Ledger};
 use crate::core::claim::{Claim, ClaimChange};
 use crate::core::decision::{self, Request};
-use crate::core::inventory::{GpuRow, Inventory, Node};
+use crate::core::inventory::{GpuRow, Inventory, Node, PodSecurity};
 use crate::core::policy::Policy;
 use crate::core::scale;
 use crate::core::verdict::Verdict;
@@ -22,6 +23,8 @@ pub enum Cache {
     Policy,
     /// The ledger ConfigMap of commitments.
     Ledger,
+    /// Namespaces, for their Pod Security labels.
+    Namespaces,
     /// The workloads of one kind.
     Workloads(Kind),
 }
@@ -32,6 +35,7 @@ impl Cache {
             Cache::Nodes => "nodes",
             Cache::Policy => "policy",
             Cache::Ledger => "ledger",
+            Cache::Namespaces => "namespaces",
             Cache::Workloads(kind) => kind.plural(),
         }
     }
@@ -40,8 +44,14 @@ impl Cache {
 struct Inner {
     policy: Arc<Policy>,
     nodes: BTreeMap<String, Node>,
-    /// What each stored workload holds, from the watch caches.
-    stored: HashMap<WorkloadKey, Claim>,
+    /// What each stored workload may hold, from the watch caches (only those that may hold anything).
+    stored: HashMap<WorkloadKey, Held>,
+    /// What each stored workload holds now: its owner checked, the policy applied.
+    held: HashMap<WorkloadKey, Claim>,
+    /// The uid of each stored workload that may own others, to forget it when it goes.
+    owner_uids: HashMap<WorkloadKey, String>,
+    /// The stored workloads that name each owner uid: checked again when that owner changes.
+    dependents: HashMap<String, HashSet<WorkloadKey>>,
     ledger: Ledger,
     /// Nodes, and for each workload its ledger entry or else its stored claim: what decisions read.
     view: Inventory,
@@ -49,6 +59,10 @@ struct Inner {
     /// The per-GPU series the gauges show, so a full refresh removes only those that went away.
     published: HashSet<GpuLabels>,
 }
+
+/// How long an admission of an object made by a built-in controller waits for the cache to show
+/// that controller: its watch event usually trails the controller's own by milliseconds.
+pub const OWNER_WAIT: std::time::Duration = std::time::Duration::from_millis(1500);
 
 /// More changes than this at once (a relist, a new ledger) refresh every gauge in one pass.
 const BULK_CHANGES: usize = 32;
@@ -58,20 +72,30 @@ type Change = (Option<Claim>, Option<Claim>);
 
 pub struct ClusterState {
     inner: Mutex<Inner>,
+    /// Woken whenever the owners the cache knows change.
+    owners_changed: tokio::sync::Notify,
     /// The caches readiness waits for.
     required: Vec<Cache>,
     metrics: Arc<Metrics>,
 }
 
 impl Inner {
-    /// What `key` counts as: its ledger entry, else its stored claim; the change, if any.
+    /// What `key` counts as: its ledger entry, else what the stored object holds; the change, if any.
     fn refresh_claim(&mut self, key: &WorkloadKey) -> Option<Change> {
+        match self
+            .stored
+            .get(key)
+            .and_then(|held| held.counted(&self.view, &self.policy))
+        {
+            Some(claim) => self.held.insert(key.clone(), claim),
+            None => self.held.remove(key),
+        };
         let counted = self
             .ledger
             .entries
             .get(key)
             .map(|entry| &entry.claim)
-            .or_else(|| self.stored.get(key));
+            .or_else(|| self.held.get(key));
         if self.view.claim(key) == counted {
             // Status churn of a workload that holds the same claim changes nothing decisions read.
             return None;
@@ -97,22 +121,83 @@ impl Inner {
     fn rebuild_nodes(&mut self) {
         self.view.set_nodes(self.nodes.values().cloned().collect());
     }
+
+    /// Records one stored object (`None`: deleted); returns the keys whose count may change.
+    fn store(&mut self, key: &WorkloadKey, object: Option<StoredObject>) -> Vec<WorkloadKey> {
+        let mut touched = vec![key.clone()];
+        let (owner, held) = match object {
+            Some(object) => (object.owner, object.held),
+            None => (None, None),
+        };
+        // As an owner: its record, and the objects that name it.
+        let old_uid = self.owner_uids.remove(key);
+        if let Some(uid) = &old_uid {
+            if owner.as_ref().map(|(u, _)| u) != Some(uid) {
+                self.view.set_owner(uid, None);
+                touched.extend(self.dependents.get(uid).into_iter().flatten().cloned());
+            }
+        }
+        if let Some((uid, record)) = owner {
+            if !self.view.has_owner(&uid, &record) {
+                self.view.set_owner(&uid, Some(record));
+                touched.extend(self.dependents.get(&uid).into_iter().flatten().cloned());
+            }
+            self.owner_uids.insert(key.clone(), uid);
+        }
+        // As a dependent: what it holds, indexed by the owner it names.
+        if let Some(uid) = self.stored.get(key).and_then(Held::owner_uid) {
+            if let Some(keys) = self.dependents.get_mut(uid) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    self.dependents.remove(uid);
+                }
+            }
+        }
+        match held {
+            Some(held) => {
+                if let Some(uid) = held.owner_uid() {
+                    self.dependents
+                        .entry(uid.to_string())
+                        .or_default()
+                        .insert(key.clone());
+                }
+                self.stored.insert(key.clone(), held);
+            }
+            None => {
+                self.stored.remove(key);
+            }
+        }
+        touched
+    }
 }
 
 impl ClusterState {
     /// A state that is ready once nodes, the policy, the ledger and the workloads of every kind in
     /// `kinds` have synced.
     pub fn new(policy: Policy, kinds: &[Kind], metrics: Arc<Metrics>) -> ClusterState {
-        let mut required = vec![Cache::Nodes, Cache::Policy, Cache::Ledger];
+        let mut required = vec![
+            Cache::Nodes,
+            Cache::Policy,
+            Cache::Ledger,
+            Cache::Namespaces,
+        ];
         required.extend(kinds.iter().map(|&kind| Cache::Workloads(kind)));
         ClusterState {
             required,
+            owners_changed: tokio::sync::Notify::new(),
             inner: Mutex::new(Inner {
                 policy: Arc::new(policy),
                 nodes: BTreeMap::new(),
                 stored: HashMap::new(),
+                held: HashMap::new(),
+                owner_uids: HashMap::new(),
+                dependents: HashMap::new(),
                 ledger: Ledger::default(),
-                view: Inventory::default(),
+                view: {
+                    let mut view = Inventory::default();
+                    view.verify_owners();
+                    view
+                },
                 synced: Vec::new(),
                 published: HashSet::new(),
             }),
@@ -133,7 +218,53 @@ impl ClusterState {
     pub fn set_policy(&self, policy: Policy) {
         let mut inner = self.lock();
         inner.policy = Arc::new(policy);
+        // Whether workloads stored with hand-written variables count depends on the policy.
+        let by_hand: Vec<WorkloadKey> = inner
+            .stored
+            .iter()
+            .filter(|(_, held)| held.by_hand)
+            .map(|(key, _)| key.clone())
+            .collect();
+        inner.refresh_claims(by_hand);
         self.publish_all(&mut inner);
+    }
+
+    /// Sets what one namespace's Pod Security label enforces.
+    pub fn apply_namespace(&self, name: &str, level: Option<PodSecurity>) {
+        self.lock().view.set_pod_security(name, level);
+    }
+
+    /// Replaces every namespace (after a full list).
+    pub fn replace_namespaces(&self, namespaces: Vec<(String, Option<PodSecurity>)>) {
+        let mut inner = self.lock();
+        inner.view.clear_pod_security();
+        for (name, level) in namespaces {
+            inner.view.set_pod_security(&name, level);
+        }
+    }
+
+    /// Whether the cache knows the owner with `uid` (and would check an object against it).
+    pub fn knows_owner(&self, uid: &str) -> bool {
+        self.lock().view.knows_owner(uid)
+    }
+
+    /// Waits up to `wait` until `ready` holds of the view, re-checking whenever the owners change:
+    /// an object a controller just made may reach gpushare before the watch event of its controller.
+    pub async fn wait_for_owner(
+        &self,
+        wait: std::time::Duration,
+        ready: impl Fn(&Inventory) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let changed = self.owners_changed.notified();
+            if ready(&self.lock().view) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return;
+            }
+        }
     }
 
     pub fn mark_synced(&self, cache: Cache) {
@@ -187,39 +318,89 @@ impl ClusterState {
         self.publish_all(&mut inner);
     }
 
-    /// Replaces every stored claim of one kind (after a full list of that kind).
-    pub fn replace_claims(&self, kind: Kind, claims: Vec<Claim>) {
+    /// Replaces every stored object of one kind (after a full list of that kind).
+    pub fn replace_stored(&self, kind: Kind, objects: Vec<StoredObject>) {
         let mut inner = self.lock();
-        let mut keys: Vec<WorkloadKey> = inner
+        let gone: Vec<WorkloadKey> = inner
             .stored
             .keys()
+            .chain(inner.owner_uids.keys())
             .filter(|key| key.kind == kind)
             .cloned()
             .collect();
-        for key in &keys {
-            inner.stored.remove(key);
+        let mut touched = Vec::new();
+        for key in gone {
+            touched.extend(inner.store(&key, None));
         }
-        for claim in claims {
-            keys.push(claim.key.clone());
-            inner.stored.insert(claim.key.clone(), claim);
+        for object in objects {
+            let key = object.key.clone();
+            touched.extend(inner.store(&key, Some(object)));
         }
-        let changes = inner.refresh_claims(keys);
+        touched.sort();
+        touched.dedup();
+        let changes = inner.refresh_claims(touched);
         self.publish_changes(&mut inner, changes);
+        drop(inner);
+        self.owners_changed.notify_waiters();
     }
 
-    /// Records what the cache now shows for one workload (`None`: deleted, or holding nothing).
-    pub fn apply_claim(&self, key: WorkloadKey, claim: Option<Claim>) {
+    /// Records what the cache now shows for one workload (`None`: deleted).
+    pub fn apply_stored(&self, key: WorkloadKey, object: Option<StoredObject>) {
         let mut inner = self.lock();
-        if inner.stored.get(&key) == claim.as_ref() {
+        let unchanged = match &object {
+            Some(object) => {
+                inner.stored.get(&key) == object.held.as_ref()
+                    && object.owner.as_ref().is_none_or(|(uid, owner)| {
+                        inner.owner_uids.get(&key) == Some(uid) && inner.view.has_owner(uid, owner)
+                    })
+            }
+            None => !inner.stored.contains_key(&key) && !inner.owner_uids.contains_key(&key),
+        };
+        if unchanged {
             // Status churn: the workload holds what it held.
             return;
         }
-        match claim {
-            Some(claim) => inner.stored.insert(key.clone(), claim),
-            None => inner.stored.remove(&key),
+        let is_owner = object.as_ref().is_some_and(|o| o.owner.is_some())
+            || inner.owner_uids.contains_key(&key);
+        let touched = inner.store(&key, object);
+        let changes = inner.refresh_claims(touched);
+        self.publish_changes(&mut inner, changes);
+        drop(inner);
+        if is_owner {
+            self.owners_changed.notify_waiters();
+        }
+    }
+
+    /// Records that one workload holds `claim` as a module of its own (tests, and objects read
+    /// without an owner).
+    pub fn apply_claim(&self, key: WorkloadKey, claim: Option<Claim>) {
+        let object = StoredObject {
+            key: key.clone(),
+            owner: None,
+            held: claim.map(|own| Held {
+                own: Some(own),
+                by_hand: false,
+                controlled: None,
+            }),
         };
-        let change = inner.refresh_claim(&key);
-        self.publish_changes(&mut inner, change.into_iter().collect());
+        self.apply_stored(key, Some(object));
+    }
+
+    /// Replaces every stored claim of one kind, each held as a module of its own (tests).
+    pub fn replace_claims(&self, kind: Kind, claims: Vec<Claim>) {
+        let objects = claims
+            .into_iter()
+            .map(|own| StoredObject {
+                key: own.key.clone(),
+                owner: None,
+                held: Some(Held {
+                    own: Some(own),
+                    by_hand: false,
+                    controlled: None,
+                }),
+            })
+            .collect();
+        self.replace_stored(kind, objects);
     }
 
     /// Takes a reading of the ledger (from its watch, or the answer to a write), unless an
@@ -269,7 +450,7 @@ impl ClusterState {
     /// What the ledger must change to match the stored workloads.
     pub fn reconcile_edits(&self, now_ms: u64) -> Vec<Edit> {
         let inner = self.lock();
-        ledger::reconcile(&inner.ledger, &inner.stored, now_ms)
+        ledger::reconcile(&inner.ledger, &inner.held, now_ms)
     }
 
     /// Decides a workload's admission against the view, and what it would commit.
@@ -415,7 +596,8 @@ pub(crate) mod tests {
         let raw: RawObject = serde_json::from_value(serde_json::json!({
             "metadata": {"name": name, "namespace": "ns",
                 "annotations": {"gpushare.io/gpu": "auto", "gpushare.io/mps-percentage": percentage.to_string()}},
-            "spec": {"replicas": replicas, "template": {"spec": {"containers": [{"name": "c"}]}}}
+            "spec": {"replicas": replicas, "strategy": {"rollingUpdate": {"maxSurge": 0}},
+                "template": {"spec": {"containers": [{"name": "c"}]}}}
         }))
         .unwrap();
         Workload::from_raw(Kind::Deployment, raw)
@@ -433,8 +615,9 @@ pub(crate) mod tests {
                 gpu: GpuIndex(gpu),
                 share: Share::Mps(Percentage::new(percentage).unwrap()),
             },
-            pods,
+            pods: crate::core::pods::PodCount::fixed(pods),
             containers: 1,
+            extra_percentage: 0,
         }
     }
 
@@ -621,6 +804,126 @@ pub(crate) mod tests {
         assert!(view.claim(&deployment).is_some());
     }
 
+    fn stored_object(kind: Kind, object: serde_json::Value) -> StoredObject {
+        let object: crate::cluster::stored::StoredWorkload =
+            serde_json::from_value(object).unwrap();
+        crate::cluster::convert::stored(kind, object)
+    }
+
+    fn template(gpu: &str) -> serde_json::Value {
+        serde_json::json!({
+            "metadata": {"annotations": {"gpushare.io/assigned-gpu": gpu, "gpushare.io/assigned-mode": "mps",
+                "gpushare.io/assigned-mps-percentage": "40"}},
+            "spec": {"containers": [{"name": "c", "env": [{"name": "NVIDIA_VISIBLE_DEVICES", "value": gpu},
+                {"name": "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "value": "40"}]}]}
+        })
+    }
+
+    fn replica_set(uid: &str, gpu: &str) -> StoredObject {
+        stored_object(
+            Kind::ReplicaSet,
+            serde_json::json!({"metadata": {"name": "rs", "namespace": "ns", "uid": uid},
+                "spec": {"replicas": 0, "template": template(gpu)}}),
+        )
+    }
+
+    fn pod(owner_uid: &str) -> StoredObject {
+        let mut pod = template("0");
+        pod["metadata"]["name"] = "p".into();
+        pod["metadata"]["namespace"] = "ns".into();
+        pod["metadata"]["ownerReferences"] = serde_json::json!([{"apiVersion": "apps/v1",
+            "kind": "ReplicaSet", "name": "rs", "uid": owner_uid, "controller": true}]);
+        stored_object(Kind::Pod, pod)
+    }
+
+    #[test]
+    fn a_pod_counts_on_its_own_until_its_controller_shows_it_carries_the_same_template() {
+        let state = state(1);
+        let p = key(Kind::Pod, "p");
+        let counted = |state: &ClusterState| state.snapshot().1.claim(&p).cloned();
+        state.apply_stored(p.clone(), Some(pod("rs-uid")));
+        assert_eq!(
+            counted(&state).map(|c| c.committed_percentage()),
+            Some(40),
+            "an owner the cache does not know: the pod is a module of its own"
+        );
+        state.apply_stored(
+            key(Kind::ReplicaSet, "rs"),
+            Some(replica_set("rs-uid", "0")),
+        );
+        assert_eq!(
+            counted(&state),
+            None,
+            "made by its ReplicaSet: the template counts"
+        );
+        // The ReplicaSet's template moves to GPU 1: the pod on GPU 0 is no longer its copy.
+        state.apply_stored(
+            key(Kind::ReplicaSet, "rs"),
+            Some(replica_set("rs-uid", "1")),
+        );
+        assert!(
+            counted(&state).is_some(),
+            "a pod unlike its controller's template counts"
+        );
+        state.apply_stored(
+            key(Kind::ReplicaSet, "rs"),
+            Some(replica_set("rs-uid", "0")),
+        );
+        assert_eq!(counted(&state), None);
+        // A forged uid never matches; a deleted owner no longer vouches.
+        state.apply_stored(p.clone(), Some(pod("forged")));
+        assert!(counted(&state).is_some());
+        state.apply_stored(p.clone(), Some(pod("rs-uid")));
+        state.apply_stored(key(Kind::ReplicaSet, "rs"), None);
+        assert!(counted(&state).is_some(), "its owner is gone");
+    }
+
+    #[tokio::test]
+    async fn an_admission_waits_for_an_owner_the_cache_has_not_seen_yet() {
+        let state = Arc::new(state(1));
+        let waiter = {
+            let state = state.clone();
+            tokio::spawn(async move {
+                state
+                    .wait_for_owner(std::time::Duration::from_secs(30), |view| {
+                        view.knows_owner("late")
+                    })
+                    .await;
+                state.knows_owner("late")
+            })
+        };
+        tokio::task::yield_now().await;
+        state.apply_stored(key(Kind::ReplicaSet, "rs"), Some(replica_set("late", "0")));
+        assert!(waiter.await.unwrap(), "woken when the owner arrived");
+    }
+
+    #[test]
+    fn workloads_stored_with_hand_written_variables_count_unless_the_policy_allows_them() {
+        let state = state(1);
+        let job = key(Kind::Job, "sample");
+        let object = stored_object(
+            Kind::Job,
+            serde_json::json!({"metadata": {"name": "sample", "namespace": "ns"},
+                "spec": {"template": {"spec": {"containers": [{"name": "c",
+                    "env": [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "0"},
+                        {"name": "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "value": "60"}]}]}}}}),
+        );
+        state.apply_stored(job.clone(), Some(object));
+        let counted = |state: &ClusterState| {
+            state
+                .snapshot()
+                .1
+                .claim(&job)
+                .map(Claim::committed_percentage)
+        };
+        assert_eq!(counted(&state), Some(60));
+        state
+            .set_policy(Policy::from_yaml("gpuModes: {0: mps}\nhandWrittenGpuEnv: allow").unwrap());
+        assert_eq!(counted(&state), None);
+        state.set_policy(Policy::from_yaml("gpuModes: {0: mps}").unwrap());
+        assert_eq!(counted(&state), Some(60));
+    }
+
     #[test]
     fn readiness_needs_every_cache_and_the_ledger() {
         let state = state(1);
@@ -629,8 +932,9 @@ pub(crate) mod tests {
         state.mark_synced(Cache::Policy);
         state.mark_synced(Cache::Workloads(Kind::Deployment));
         state.mark_synced(Cache::Workloads(Kind::Job));
-        assert!(!state.ready(), "the ledger has not synced");
         state.mark_synced(Cache::Ledger);
+        assert!(!state.ready(), "the namespaces have not synced");
+        state.mark_synced(Cache::Namespaces);
         assert!(state.ready());
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Node, ObjectReference};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, ObjectReference};
 use kube::runtime::events::{Event as K8sEvent, EventType, Recorder, Reporter};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
@@ -15,6 +15,7 @@ use super::convert;
 use super::ledger::Ledger;
 use super::state::{Cache, ClusterState};
 use super::stored::StoredWorkload;
+use crate::core::inventory::PodSecurity;
 use crate::core::policy::Policy;
 use crate::core::workload::Kind;
 use crate::webhook::metrics::{Metrics, ResultLabels};
@@ -74,6 +75,43 @@ pub async fn nodes(client: Client, state: Arc<ClusterState>) {
     }
 }
 
+/// What a namespace's Pod Security label enforces, as rule 8 reads it.
+fn pod_security(namespace: &Namespace) -> (String, Option<PodSecurity>) {
+    let level = namespace
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|labels| labels.get(PodSecurity::LABEL))
+        .and_then(|level| PodSecurity::refusing_host_access(level));
+    (namespace.metadata.name.clone().unwrap_or_default(), level)
+}
+
+/// Keeps the Pod Security level of every namespace (rule 8).
+pub async fn namespaces(client: Client, state: Arc<ClusterState>) {
+    let api: Api<Namespace> = Api::all(client);
+    let mut listing = Vec::new();
+    let events = logged(
+        Cache::Namespaces,
+        watcher::watcher(api, watcher::Config::default()).default_backoff(),
+    );
+    let mut events = std::pin::pin!(events);
+    while let Some(event) = events.next().await {
+        match event {
+            Event::Init => listing.clear(),
+            Event::InitApply(namespace) => listing.push(pod_security(&namespace)),
+            Event::InitDone => {
+                state.replace_namespaces(std::mem::take(&mut listing));
+                state.mark_synced(Cache::Namespaces);
+            }
+            Event::Apply(namespace) => {
+                let (name, level) = pod_security(&namespace);
+                state.apply_namespace(&name, level);
+            }
+            Event::Delete(namespace) => state.apply_namespace(&pod_security(&namespace).0, None),
+        }
+    }
+}
+
 /// The watch of one workload kind. Pods that have succeeded or failed hold no GPU: the API server
 /// leaves them out (and sends a deletion when a Pod finishes), so they are neither sent nor kept.
 pub fn workload_config(kind: Kind) -> watcher::Config {
@@ -98,15 +136,22 @@ pub async fn workloads(client: Client, state: Arc<ClusterState>, kind: Kind) {
     while let Some(event) = events.next().await {
         match event {
             Event::Init => listing.clear(),
-            Event::InitApply(object) => listing.extend(convert::claim(kind, object)),
+            Event::InitApply(object) => {
+                let object = convert::stored(kind, object);
+                // Most objects use no GPU and own nothing: nothing of them is kept.
+                if object.owner.is_some() || object.held.is_some() {
+                    listing.push(object);
+                }
+            }
             Event::InitDone => {
-                state.replace_claims(kind, std::mem::take(&mut listing));
+                state.replace_stored(kind, std::mem::take(&mut listing));
                 state.mark_synced(cache);
             }
             Event::Apply(object) => {
-                state.apply_claim(convert::key(kind, &object), convert::claim(kind, object))
+                let object = convert::stored(kind, object);
+                state.apply_stored(object.key.clone(), Some(object))
             }
-            Event::Delete(object) => state.apply_claim(convert::key(kind, &object), None),
+            Event::Delete(object) => state.apply_stored(convert::key(kind, &object), None),
         }
     }
 }

@@ -9,7 +9,9 @@ use crate::core::annotations::{
     self, UserAnnotations, ASSIGNED_GPU, ASSIGNED_MODE, ASSIGNED_MPS_PERCENTAGE,
 };
 use crate::core::domain::{GpuIndex, Mode, Percentage};
+use crate::core::handwritten::{self, Extras};
 use crate::core::inventory::Placement;
+use crate::core::pods::PodCount;
 use crate::core::workload::{Annotations, Container, Workload, WorkloadKey};
 
 /// How a module shares its GPU: whole (time-slicing) or an MPS share per pod.
@@ -101,12 +103,44 @@ pub struct Claim {
     pub placement: Placement,
     pub assigned: Assigned,
     /// Pods per candidate node.
-    pub pods: u32,
-    /// Selected containers per pod: each is one client process of the GPU.
+    pub pods: PodCount,
+    /// Client processes per pod: the selected containers, and the containers gpushare leaves
+    /// alone that use the module's GPU by hand.
     pub containers: u32,
+    /// MPS percentage per pod that containers gpushare leaves alone write by hand, on top of the
+    /// module's share.
+    pub extra_percentage: u32,
+}
+
+/// The client processes of one pod of a module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PerPod {
+    /// The containers gpushare writes the GPU to.
+    pub selected: u32,
+    /// The containers that use the module's GPU by hand.
+    pub extras: Extras,
 }
 
 impl Claim {
+    /// The one way to build a claim: what a module of `key` holds with `assigned`, for `pods` pods
+    /// of `per_pod` client processes each.
+    pub fn new(
+        key: WorkloadKey,
+        placement: Placement,
+        assigned: Assigned,
+        pods: PodCount,
+        per_pod: PerPod,
+    ) -> Claim {
+        Claim {
+            key,
+            placement,
+            assigned,
+            pods,
+            containers: per_pod.selected.saturating_add(per_pod.extras.clients),
+            extra_percentage: per_pod.extras.percentage,
+        }
+    }
+
     pub fn gpu(&self) -> GpuIndex {
         self.assigned.gpu
     }
@@ -115,45 +149,159 @@ impl Claim {
         self.assigned.share.mode()
     }
 
-    /// Client processes: pods x selected containers. Saturating: pods may be as large as int32
-    /// allows, and any saturated sum is over every cap.
+    /// Every pod that may run at once on a candidate node, a rollout's surge included.
+    pub fn pods(&self) -> u32 {
+        self.pods.total()
+    }
+
+    /// Client processes: pods x client processes per pod. Saturating: pods may be as large as
+    /// int32 allows, and any saturated sum is over every cap.
     pub fn clients(&self) -> u32 {
-        self.pods.saturating_mul(self.containers)
+        self.pods().saturating_mul(self.containers)
     }
 
-    /// Committed MPS percentage: pods x percentage (0 in time-slicing mode).
+    /// Committed MPS percentage: pods x (the module's percentage + what its other containers
+    /// write by hand); 0 in time-slicing mode.
     pub fn committed_percentage(&self) -> u32 {
-        self.assigned
-            .share
-            .percentage()
-            .map_or(0, |p| p.get().saturating_mul(self.pods))
-    }
-
-    /// The claim a stored workload holds: the assignment its pods carry (the pod template's
-    /// annotations, else the object's), for its pods and selected containers. `None` when it
-    /// holds nothing: no assignment, owned by a controller (the controller counts), or finished.
-    pub fn of_stored(workload: &Workload) -> Option<Claim> {
-        if workload.controller.is_some() || workload.finished {
-            return None;
-        }
-        let assigned = Assigned::read(workload.pod_annotations())
-            .or_else(|| Assigned::read(workload.annotations()))?;
-        let listed = UserAnnotations::collect(workload)
-            .ok()
-            .and_then(|user| user.get(annotations::CONTAINERS))
-            .map(annotations::container_names);
-        let containers = selection(&workload.pod.containers, listed.as_deref())
-            .iter()
-            .filter(|s| **s)
-            .count() as u32;
-        Some(Claim {
-            key: workload.key.clone(),
-            placement: workload.placement(),
-            assigned,
-            pods: workload.pods,
-            containers,
+        self.assigned.share.percentage().map_or(0, |p| {
+            p.get()
+                .saturating_add(self.extra_percentage)
+                .saturating_mul(self.pods())
         })
     }
+
+    /// The same module with another number of replicas (a scale), its rollout surge resolved again.
+    pub fn with_replicas(&self, replicas: u32) -> Claim {
+        Claim {
+            pods: self.pods.with_replicas(replicas),
+            ..self.clone()
+        }
+    }
+
+    /// The claim a stored workload holds, read back from the object as the decision would have
+    /// made it: the assignment its pods carry (the pod template's annotations, else the object's)
+    /// or, for one stored without an assignment, the GPU its containers write by hand. `exempt`:
+    /// the object is made by a built-in controller whose template counts, so it holds only what
+    /// its ephemeral containers use by hand. `None` when it holds nothing.
+    pub fn of_stored(workload: &Workload, exempt: bool) -> Option<Claim> {
+        if workload.finished {
+            return None;
+        }
+        if exempt {
+            return Claim::of_ephemeral(workload);
+        }
+        let ephemeral = lenient_extras(&workload.pod.ephemeral_containers);
+        let assigned = Assigned::read(workload.pod_annotations())
+            .or_else(|| Assigned::read(workload.annotations()));
+        let (assigned, selected) = match assigned {
+            Some(assigned) => {
+                let user = UserAnnotations::collect(workload).ok();
+                let selected = match user.as_ref().filter(|u| u.is_managed()) {
+                    Some(user) => {
+                        let listed = user
+                            .get(annotations::CONTAINERS)
+                            .map(annotations::container_names);
+                        selection(&workload.pod.containers, listed.as_deref())
+                    }
+                    // A module read from its hand-written variables selects the containers that wrote them.
+                    None if handwritten::any(workload) => workload
+                        .pod
+                        .containers
+                        .iter()
+                        .map(handwritten::uses_gpu)
+                        .collect(),
+                    None => selection(&workload.pod.containers, None),
+                };
+                (assigned, selected)
+            }
+            // Stored without gpushare's assignment (while it was down, or before it was installed):
+            // counted on the GPU its containers name, with the share they write.
+            None => (
+                Assigned::written_by_hand(
+                    workload
+                        .pod
+                        .containers
+                        .iter()
+                        .chain(&workload.pod.init_containers),
+                )?,
+                workload
+                    .pod
+                    .containers
+                    .iter()
+                    .map(handwritten::uses_gpu)
+                    .collect(),
+            ),
+        };
+        let mut extras = lenient_extras(handwritten::unwritten(workload, &selected, false));
+        extras.clients += ephemeral.clients;
+        extras.percentage += ephemeral.percentage;
+        let per_pod = PerPod {
+            selected: selected.iter().filter(|s| **s).count() as u32,
+            extras,
+        };
+        Some(Claim::new(
+            workload.key.clone(),
+            workload.placement(),
+            assigned,
+            workload.pods,
+            per_pod,
+        ))
+    }
+
+    /// What a Pod made by a built-in controller holds of its own: the ephemeral containers
+    /// (`kubectl debug`) that use a GPU by hand, on the GPU they name.
+    fn of_ephemeral(workload: &Workload) -> Option<Claim> {
+        let assigned = Assigned::written_by_hand(&workload.pod.ephemeral_containers)?;
+        let extras = lenient_extras(&workload.pod.ephemeral_containers);
+        Some(Claim::new(
+            workload.key.clone(),
+            workload.placement(),
+            assigned,
+            workload.pods,
+            PerPod {
+                selected: 0,
+                extras: Extras {
+                    percentage: extras
+                        .percentage
+                        .saturating_sub(assigned.share.percentage().map_or(0, Percentage::get)),
+                    ..extras
+                },
+            },
+        ))
+    }
+}
+
+impl Assigned {
+    /// The assignment containers that use a GPU by hand stand for: the first index they write,
+    /// with an MPS share when they write a percentage. `None` when none of them names an index.
+    pub fn written_by_hand<'a>(
+        containers: impl IntoIterator<Item = &'a Container>,
+    ) -> Option<Assigned> {
+        let written: Vec<handwritten::Written> = containers
+            .into_iter()
+            .filter(|c| handwritten::uses_gpu(c))
+            .filter_map(|c| handwritten::read(c).ok())
+            .collect();
+        let gpu = written.iter().find_map(|w| w.gpu)?;
+        let share = written
+            .iter()
+            .find_map(|w| w.percentage)
+            .map_or(Share::TimeSlicing, Share::Mps);
+        Some(Assigned { gpu, share })
+    }
+}
+
+/// Containers that use a GPU by hand in a stored object, each one client process with the
+/// percentage it writes (values gpushare would have refused count as a client only).
+fn lenient_extras<'a>(containers: impl IntoIterator<Item = &'a Container>) -> Extras {
+    let mut extras = Extras::default();
+    for container in containers.into_iter().filter(|c| handwritten::uses_gpu(c)) {
+        let written = handwritten::read(container).unwrap_or_default();
+        extras.gpu = extras.gpu.or(written.gpu);
+        extras.clients += 1;
+        extras.percentage += written.percentage.map_or(0, Percentage::get);
+    }
+    extras
 }
 
 /// Which containers get the GPU, by position: those listed in `gpushare.io/containers`, or all.
@@ -243,7 +391,7 @@ mod tests {
                 "spec": {"containers": [{"name": "a"}, {"name": "b"}, {"name": "c"}], "nodeSelector": {"edge": "1"}}}}
         }))
         .unwrap();
-        let claim = Claim::of_stored(&Workload::from_raw(Kind::Job, raw)).unwrap();
+        let claim = Claim::of_stored(&Workload::from_raw(Kind::Job, raw), false).unwrap();
         assert_eq!(claim.key.to_string(), "ns/Job/m");
         assert_eq!(
             (claim.gpu(), claim.clients(), claim.committed_percentage()),

@@ -13,6 +13,9 @@ pub const VISIBLE_DEVICES: &str = "NVIDIA_VISIBLE_DEVICES";
 pub const MPS_THREAD_PERCENTAGE: &str = "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE";
 pub const MPS_MEMORY_LIMIT: &str = "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT";
 pub const MPS_PIPE_DIRECTORY: &str = "CUDA_MPS_PIPE_DIRECTORY";
+/// The variables that select a GPU or cap a share of it: a container that writes one of them
+/// itself uses a GPU by hand (CONTRACT section 2b).
+pub const GPU_VARIABLES: [&str; 3] = [VISIBLE_DEVICES, MPS_THREAD_PERCENTAGE, MPS_MEMORY_LIMIT];
 /// The hostPath volume gpushare adds for `mps.pipeDirectory`; the name marks it as gpushare's.
 pub const PIPE_VOLUME: &str = "gpushare-mps-pipe";
 

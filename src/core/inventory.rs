@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use crate::core::claim::Claim;
 use crate::core::domain::{GpuIndex, Mode};
 use crate::core::policy::Policy;
-use crate::core::workload::WorkloadKey;
+use crate::core::workload::{ControllerRef, Kind, WorkloadKey};
 
 /// A node as gpushare sees it.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -65,6 +65,52 @@ impl Placement {
     }
 }
 
+/// What gpushare knows of a workload that may own others: enough to tell whether an object it
+/// made carries its template as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub kind: Kind,
+    /// `Workload::gpu_fingerprint` of its pod template.
+    pub fingerprint: u64,
+}
+
+/// How the controllers that objects name are checked (CONTRACT section 2a).
+#[derive(Debug, Clone, Default)]
+enum Owners {
+    /// Standalone and `check`: nothing can be looked up, so a built-in controller is trusted.
+    #[default]
+    Trusted,
+    /// Cluster mode: the owners that exist, by uid.
+    Known(HashMap<String, Owner>),
+}
+
+/// The Pod Security level a namespace enforces (label `pod-security.kubernetes.io/enforce`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodSecurity {
+    Baseline,
+    Restricted,
+}
+
+impl PodSecurity {
+    pub const LABEL: &'static str = "pod-security.kubernetes.io/enforce";
+
+    /// The level that refuses host namespaces and hostPath volumes, if the label names one.
+    pub fn refusing_host_access(label: &str) -> Option<PodSecurity> {
+        match label {
+            "baseline" => Some(PodSecurity::Baseline),
+            "restricted" => Some(PodSecurity::Restricted),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PodSecurity::Baseline => "baseline",
+            PodSecurity::Restricted => "restricted",
+        }
+    }
+}
+
 /// The label most modules are pinned to one node with.
 const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 
@@ -84,6 +130,9 @@ pub struct Inventory {
     nodes_by_name: HashMap<String, Vec<usize>>,
     nodes_by_hostname: HashMap<String, Vec<usize>>,
     match_any: Vec<usize>,
+    owners: Owners,
+    /// Namespaces whose Pod Security level refuses host access (cluster mode only).
+    pod_security: HashMap<String, PodSecurity>,
 }
 
 /// Where the index keeps a claim. Only a pre-filter: `lands_on` still decides.
@@ -163,6 +212,81 @@ impl Inventory {
             }
         }
         self.nodes = nodes;
+    }
+
+    /// Checks the owners objects name against `set_owner`'s records instead of trusting them.
+    pub fn verify_owners(&mut self) {
+        if matches!(self.owners, Owners::Trusted) {
+            self.owners = Owners::Known(HashMap::new());
+        }
+    }
+
+    /// Records (or, with `None`, forgets) the workload with `uid` as a possible owner.
+    pub fn set_owner(&mut self, uid: &str, owner: Option<Owner>) {
+        let Owners::Known(owners) = &mut self.owners else {
+            return;
+        };
+        match owner {
+            Some(owner) => {
+                owners.insert(uid.to_string(), owner);
+            }
+            None => {
+                owners.remove(uid);
+            }
+        }
+    }
+
+    /// Whether an object that names `controller` and carries `fingerprint` was made by it from
+    /// a template gpushare examined: the controller exists with that uid and kind, and its
+    /// template carries the same GPU variables and assignment (CONTRACT section 2a).
+    pub fn trusts_owner(&self, controller: &ControllerRef, fingerprint: u64) -> bool {
+        let Some(kind) = controller.builtin() else {
+            return false;
+        };
+        match &self.owners {
+            Owners::Trusted => true,
+            Owners::Known(owners) => owners
+                .get(&controller.uid)
+                .is_some_and(|owner| owner.kind == kind && owner.fingerprint == fingerprint),
+        }
+    }
+
+    /// Whether `owner` is recorded for `uid` as it is.
+    pub fn has_owner(&self, uid: &str, owner: &Owner) -> bool {
+        match &self.owners {
+            Owners::Trusted => false,
+            Owners::Known(owners) => owners.get(uid) == Some(owner),
+        }
+    }
+
+    /// Whether the owner with `uid` is known (cluster mode; always true when owners are trusted).
+    pub fn knows_owner(&self, uid: &str) -> bool {
+        match &self.owners {
+            Owners::Trusted => true,
+            Owners::Known(owners) => owners.contains_key(uid),
+        }
+    }
+
+    /// Sets the Pod Security level a namespace enforces (`None`: none that refuses host access).
+    pub fn set_pod_security(&mut self, namespace: &str, level: Option<PodSecurity>) {
+        match level {
+            Some(level) => {
+                self.pod_security.insert(namespace.to_string(), level);
+            }
+            None => {
+                self.pod_security.remove(namespace);
+            }
+        }
+    }
+
+    /// Forgets every namespace's Pod Security level (before a full list).
+    pub fn clear_pod_security(&mut self) {
+        self.pod_security.clear();
+    }
+
+    /// The Pod Security level that refuses host access in `namespace`, if it enforces one.
+    pub fn pod_security(&self, namespace: &str) -> Option<PodSecurity> {
+        self.pod_security.get(namespace).copied()
     }
 
     /// The claim a workload holds, if any.
@@ -371,8 +495,9 @@ mod tests {
                 gpu: GpuIndex(0),
                 share: Share::TimeSlicing,
             },
-            pods: 1,
+            pods: crate::core::pods::PodCount::fixed(1),
             containers: 1,
+            extra_percentage: 0,
         }
     }
 

@@ -81,6 +81,39 @@ pub fn release(workload: &Workload) -> Mutation {
     }
 }
 
+/// Takes back gpushare's record of an assignment but leaves every variable as it is: the
+/// containers wrote them themselves.
+pub fn unassign(workload: &Workload) -> Mutation {
+    let mut b = PatchBuilder::default();
+    annotate(&mut b, workload, &[], &ASSIGNED_KEYS);
+    Mutation {
+        patch: b.ops,
+        warnings: b.warnings,
+        outcome: Outcome::Released,
+    }
+}
+
+/// Policy `hideGpuFromUnmanaged`: `NVIDIA_VISIBLE_DEVICES=void` on every container (init
+/// containers included) that does not set the variable, so an image built on NVIDIA's CUDA
+/// images (which default to `all`) sees no GPU.
+pub fn hide_gpu(workload: &Workload) -> Vec<json_patch::PatchOperation> {
+    let mut b = PatchBuilder::default();
+    let spec_path = workload.layout().pod_spec;
+    let hidden: [EnvChange<'_>; 1] = [(VISIBLE_DEVICES, Some("void"))];
+    let spec = &workload.pod;
+    for (field, list) in [
+        ("containers", &spec.containers),
+        ("initContainers", &spec.init_containers),
+    ] {
+        for (i, container) in list.iter().enumerate() {
+            if container.env_var(VISIBLE_DEVICES).is_none() {
+                b.env(&format!("{spec_path}/{field}/{i}"), container, &hidden);
+            }
+        }
+    }
+    b.ops
+}
+
 /// Writes an assignment: the annotations on the object and its template, and the variables,
 /// volume and hostIPC on the pod template.
 pub fn write_assignment(

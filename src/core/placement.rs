@@ -5,8 +5,9 @@
 use std::fmt::Write as _;
 
 use crate::core::annotations;
-use crate::core::domain::{GpuIndex, Mode, Percentage};
+use crate::core::domain::{GpuIndex, Mode};
 use crate::core::inventory::{Inventory, Node, Placement};
+use crate::core::pods::PodCount;
 use crate::core::policy::{Enforcement, Policy, Strategy};
 use crate::core::verdict::{Denial, Rule};
 use crate::core::workload::WorkloadKey;
@@ -14,29 +15,36 @@ use crate::core::workload::WorkloadKey;
 /// What one module needs from a GPU.
 #[derive(Debug, Clone, Copy)]
 pub struct Demand {
-    /// Pods per candidate node.
-    pub pods: u32,
+    /// Pods per candidate node: replicas, and the surge of a rolling update.
+    pub pods: PodCount,
     pub clients: u32,
     /// The field that sets `pods`, for messages (`replicas`, `parallelism`; `None`: always 1).
     pub pods_field: Option<&'static str>,
     /// The requested mode; `None` takes the GPU's.
     pub mode: Option<Mode>,
-    /// Per pod, used only if the module lands on an mps GPU.
-    pub percentage: Percentage,
+    /// MPS percentage per pod, used only if the module lands on an mps GPU: its share and what
+    /// its other containers write by hand.
+    pub percentage: u32,
 }
 
 impl Demand {
-    /// `lower replicas or <then>`, or `lower <then>` for kinds that run one pod per node.
+    /// `lower replicas or <then>`, or `lower <then>` for kinds that run one pod per node; a
+    /// rollout's surge pods are named, since users rarely count them.
     fn lower(&self, then: &str) -> String {
+        let surge = if self.pods.surge_pods() > 0 {
+            ", or set the rollout's maxSurge to 0 (its surge pods run beside the old ones)"
+        } else {
+            ""
+        };
         match self.pods_field {
-            Some(field) => format!("lower {field} or {then}"),
-            None => format!("lower {then}"),
+            Some(field) => format!("lower {field} or {then}{surge}"),
+            None => format!("lower {then}{surge}"),
         }
     }
 
     fn percentage_on(&self, mode: Mode) -> u32 {
         match mode {
-            Mode::Mps => self.pods.saturating_mul(self.percentage.get()),
+            Mode::Mps => self.pods.total().saturating_mul(self.percentage),
             Mode::TimeSlicing => 0,
         }
     }
@@ -200,7 +208,7 @@ impl<'a> Scope<'a> {
                          ({})",
                         node.name,
                         usage.percentage,
-                        demand.pods,
+                        pods_term(demand.pods),
                         demand.percentage,
                         usage.percentage.saturating_add(wanted_percentage),
                         demand.lower("gpushare.io/mps-percentage")
@@ -216,10 +224,7 @@ impl<'a> Scope<'a> {
                     demand.clients,
                     usage.clients.saturating_add(demand.clients),
                     if mode == Mode::Mps { " (maxClientsPerGpu, at most 48 with MPS)" } else { " (maxClientsPerGpu)" },
-                    match demand.pods_field {
-                        Some(field) => format!("lower {field}, or list fewer containers in gpushare.io/containers"),
-                        None => "list fewer containers in gpushare.io/containers".to_string(),
-                    }
+                    demand.lower("list fewer containers in gpushare.io/containers")
                 ));
             }
         }
@@ -345,6 +350,15 @@ impl<'a> Scope<'a> {
             }
         }
         best.map(|(gpu, _)| gpu)
+    }
+}
+
+/// `3` or `(2 + maxSurge 1)`, as a factor in a message.
+fn pods_term(pods: PodCount) -> String {
+    if pods.surge_pods() > 0 {
+        format!("({pods})")
+    } else {
+        pods.to_string()
     }
 }
 

@@ -44,6 +44,21 @@ pub enum Enforcement {
     Warn,
 }
 
+/// What happens to a workload without gpushare annotations whose containers write the GPU
+/// variables themselves (CONTRACT section 2b).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum HandWritten {
+    /// Read as the annotations the variables stand for, checked and counted.
+    #[serde(rename = "count")]
+    Count,
+    /// Denied, with the annotations to use instead.
+    #[serde(rename = "deny")]
+    Deny,
+    /// Allowed unchanged and not counted, with a warning.
+    #[serde(rename = "allow")]
+    Allow,
+}
+
 /// A GPU chosen by the user or the policy: one index or `auto`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GpuChoice {
@@ -71,6 +86,9 @@ pub struct Policy {
     pub nodes: BTreeMap<String, NodePolicy>,
     pub excluded_namespaces: BTreeSet<String>,
     pub enforcement: Enforcement,
+    pub hand_written_gpu_env: HandWritten,
+    /// Write `NVIDIA_VISIBLE_DEVICES=void` on unmanaged containers that do not set it.
+    pub hide_gpu_from_unmanaged: bool,
 }
 
 /// Per-node overrides: `gpus` and `reserved_for_vms` replace the global values, `gpu_modes` entries override.
@@ -163,6 +181,8 @@ struct RawPolicy {
     nodes: Option<BTreeMap<String, RawNode>>,
     namespaces: RawNamespaces,
     enforcement: Enforcement,
+    hand_written_gpu_env: HandWritten,
+    hide_gpu_from_unmanaged: bool,
 }
 
 impl Default for RawPolicy {
@@ -182,6 +202,8 @@ impl Default for RawPolicy {
             nodes: None,
             namespaces: RawNamespaces::default(),
             enforcement: Enforcement::Deny,
+            hand_written_gpu_env: HandWritten::Count,
+            hide_gpu_from_unmanaged: false,
         }
     }
 }
@@ -353,6 +375,8 @@ impl RawPolicy {
             nodes,
             excluded_namespaces: self.namespaces.exclude.into_iter().collect(),
             enforcement: self.enforcement,
+            hand_written_gpu_env: self.hand_written_gpu_env,
+            hide_gpu_from_unmanaged: self.hide_gpu_from_unmanaged,
         })
     }
 }
@@ -381,6 +405,13 @@ mod tests {
         assert!(p.gpu_modes.is_empty() && p.reserved_for_vms.is_empty() && p.nodes.is_empty());
         assert!(p.is_excluded("kube-system") && p.is_excluded("gpushare-system"));
         assert_eq!(p.enforcement, Enforcement::Deny);
+        assert_eq!(p.hand_written_gpu_env, HandWritten::Count);
+        assert!(!p.hide_gpu_from_unmanaged);
+        let p = Policy::from_yaml("handWrittenGpuEnv: allow\nhideGpuFromUnmanaged: true").unwrap();
+        assert_eq!(
+            (p.hand_written_gpu_env, p.hide_gpu_from_unmanaged),
+            (HandWritten::Allow, true)
+        );
     }
 
     #[test]
@@ -417,6 +448,8 @@ mod tests {
             ("maxClientsPerGpu: -1", "maxClientsPerGpu"),
             ("strategy: random", "strategy"),
             ("enforcement: audit", "enforcement"),
+            ("handWrittenGpuEnv: ignore", "handWrittenGpuEnv"),
+            ("hideGpuFromUnmanaged: maybe", "hideGpuFromUnmanaged"),
             ("defaultGpu: all", "defaultGpu"),
             ("gpuModes: { x: mps }", "gpuModes"),
             ("reservedForVms: [-1]", "reservedForVms"),

@@ -4,8 +4,9 @@
 //! claim, not the request, says which GPU and share.
 
 use crate::core::claim::Claim;
+use crate::core::decision::demand_of;
 use crate::core::inventory::Inventory;
-use crate::core::placement::{Demand, Scope};
+use crate::core::placement::Scope;
 use crate::core::policy::Policy;
 use crate::core::verdict::{Mutation, Outcome, Verdict};
 use crate::core::workload::WorkloadKey;
@@ -26,25 +27,11 @@ pub fn decide(
     let Some(held) = held else {
         return unchanged(Outcome::Unmanaged);
     };
-    let claim = Claim {
-        pods: replicas,
-        ..held.clone()
-    };
+    let claim = held.with_replicas(replicas);
     let mut warnings = Vec::new();
-    if replicas > held.pods {
-        let demand = Demand {
-            pods: claim.pods,
-            clients: claim.clients(),
-            pods_field: key.kind.pods_field(),
-            mode: Some(claim.mode()),
-            percentage: claim
-                .assigned
-                .share
-                .percentage()
-                .unwrap_or(policy.default_mps_percentage),
-        };
+    if claim.pods() > held.pods() {
         let checked = Scope::new(key.clone(), &claim.placement, policy, inventory)
-            .and_then(|scope| scope.explicit(claim.gpu(), &demand, &mut warnings));
+            .and_then(|scope| scope.explicit(claim.gpu(), &demand_of(&claim), &mut warnings));
         if let Err(denial) = checked {
             return Verdict::Denied(denial);
         }

@@ -35,8 +35,8 @@ impl Mutation {
 pub enum Outcome {
     /// The namespace is excluded by policy: the object is not looked at.
     Excluded,
-    /// Owned by this controller (`Kind/name`): not examined and not counted, its controller's
-    /// pod template is.
+    /// Made by this built-in controller (`Kind/name`) from its template: not examined and not
+    /// counted, the controller's pod template is.
     Controlled(String),
     /// No gpushare annotations: allowed unchanged (after the multi-GPU check).
     Unmanaged,
@@ -75,6 +75,10 @@ pub enum Rule {
     FixedTemplate,
     /// The commitment could not be recorded in the API server in time (CONTRACT section 6a).
     Unrecorded,
+    /// A container writes the GPU variables itself and policy `handWrittenGpuEnv` is `deny`.
+    HandWritten,
+    /// Pod Security would refuse the pods the mutation makes (rule 8).
+    PodSecurity,
 }
 
 impl Rule {
@@ -90,6 +94,8 @@ impl Rule {
             Rule::Unverifiable => "unverifiable",
             Rule::FixedTemplate => "fixed_template",
             Rule::Unrecorded => "unrecorded",
+            Rule::HandWritten => "hand_written",
+            Rule::PodSecurity => "pod_security",
         }
     }
 

@@ -108,10 +108,14 @@ impl AdmissionService {
         }
         let kind = kind_of(&request.kind);
         let kind_label = kind.map_or("other", Kind::as_str);
-        let operation = match request.operation.as_str() {
-            "CREATE" => Operation::Create,
-            "UPDATE" => Operation::Update,
-            other => {
+        let operation = match (request.operation.as_str(), request.sub_resource.as_deref()) {
+            ("CREATE", None) => Operation::Create,
+            ("UPDATE", None) => Operation::Update,
+            // `kubectl debug`: the Pod with its new ephemeral containers.
+            ("UPDATE", Some("ephemeralcontainers")) if kind == Some(Kind::Pod) => {
+                Operation::EphemeralContainers
+            }
+            (other, _) => {
                 self.count(
                     operation_label(other),
                     kind_label,
@@ -217,10 +221,7 @@ impl AdmissionService {
         verdict: &Verdict,
         started: Instant,
     ) {
-        let operation = match request.operation {
-            Operation::Create => "CREATE",
-            Operation::Update => "UPDATE",
-        };
+        let operation = request.operation.as_str();
         let key = request.key();
         let kind = key.kind.as_str();
         let latency_us = started.elapsed().as_micros() as u64;

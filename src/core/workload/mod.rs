@@ -14,6 +14,7 @@ pub use wire::{Container, JsonObject, ObjectMeta, PodSpec, RawObject};
 
 use crate::core::annotations::PREFIX;
 use crate::core::inventory::Placement;
+use crate::core::pods::PodCount;
 
 pub type Annotations = BTreeMap<String, String>;
 
@@ -42,6 +43,31 @@ impl fmt::Display for WorkloadKey {
     }
 }
 
+/// The controller that owns an object (its `ownerReferences` entry with `controller: true`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControllerRef {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    pub uid: String,
+}
+
+impl ControllerRef {
+    /// The kind of a built-in controller that builds objects from a pod template gpushare
+    /// examined (`apps/v1` Deployment, ReplicaSet, StatefulSet, DaemonSet; `batch/v1` Job,
+    /// CronJob); `None` for any other owner (a custom resource, a ConfigMap, a Pod).
+    pub fn builtin(&self) -> Option<Kind> {
+        Kind::from_api_version(&self.api_version, &self.kind).filter(|kind| *kind != Kind::Pod)
+    }
+}
+
+/// `Kind/name`, as logs and messages name it.
+impl fmt::Display for ControllerRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.kind, self.name)
+    }
+}
+
 /// A workload of any kind, reduced to what the decision reads.
 #[derive(Debug, Clone)]
 pub struct Workload {
@@ -51,12 +77,13 @@ pub struct Workload {
     /// The pod template's metadata; `None` for a Pod, whose metadata is `metadata`.
     pub template_metadata: Option<ObjectMeta>,
     pub pod: PodSpec,
-    /// Pods counted per candidate node: replicas, parallelism, or 1 (CONTRACT section 2a).
-    pub pods: u32,
+    /// Pods counted per candidate node: replicas (and a rollout's surge), parallelism, or 1
+    /// (CONTRACT section 2a).
+    pub pods: PodCount,
     /// A Job that has completed or failed, or a Pod that has: it no longer counts.
     pub finished: bool,
-    /// `Kind/name` of the controller that owns the object, when one does.
-    pub controller: Option<String>,
+    /// The controller that owns the object, when one does.
+    pub controller: Option<ControllerRef>,
     /// A CronJob whose runs may overlap (`concurrencyPolicy: Allow`, the default).
     pub overlapping_runs: bool,
 }
@@ -104,6 +131,41 @@ impl Workload {
         }
     }
 
+    /// The object's uid (empty in the admission of a CREATE).
+    pub fn uid(&self) -> &str {
+        &self.metadata.uid
+    }
+
+    /// A built-in controller that owns the object, if one does.
+    pub fn builtin_controller(&self) -> Option<&ControllerRef> {
+        self.controller.as_ref().filter(|c| c.builtin().is_some())
+    }
+
+    /// What a controller copies from its template into the objects it makes and gpushare reads:
+    /// the assigned annotations the pods get and every GPU variable of their containers, hashed.
+    /// An object made by a controller has the fingerprint of the controller's template.
+    pub fn gpu_fingerprint(&self) -> u64 {
+        use crate::core::annotations::ASSIGNED_KEYS;
+        use crate::core::domain::GPU_VARIABLES;
+        use std::hash::{Hash, Hasher};
+        // A fixed hasher: fingerprints of one object must agree between replicas and restarts.
+        let mut hasher = Fnv64::default();
+        for key in ASSIGNED_KEYS {
+            self.pod_annotations()
+                .and_then(|a| a.get(key))
+                .hash(&mut hasher);
+        }
+        for container in self.pod.containers.iter().chain(&self.pod.init_containers) {
+            container.name.hash(&mut hasher);
+            for entry in container.env_entries() {
+                if GPU_VARIABLES.contains(&entry.name.as_str()) {
+                    (&entry.name, &entry.value, entry.value_from.is_some()).hash(&mut hasher);
+                }
+            }
+        }
+        hasher.finish()
+    }
+
     /// Whether any `gpushare.io/` key is set on the object or its pod template (assigned ones
     /// included): what makes an object gpushare does not examine worth a `SKIPPED` line.
     pub fn has_gpushare_annotations(&self) -> bool {
@@ -111,5 +173,27 @@ impl Workload {
             .into_iter()
             .flatten()
             .any(|a| a.keys().any(|k| k.starts_with(PREFIX)))
+    }
+}
+
+/// FNV-1a: small, fast and the same in every process.
+struct Fnv64(u64);
+
+impl Default for Fnv64 {
+    fn default() -> Self {
+        Fnv64(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv64 {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 ^= u64::from(*byte);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
     }
 }

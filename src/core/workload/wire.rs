@@ -98,6 +98,10 @@ pub struct ObjectMeta {
     /// Where a watch of stored objects resumes; empty in admission requests.
     #[serde(default, deserialize_with = "nullable")]
     pub resource_version: String,
+    /// Set by the API server on stored objects (and in admission requests of UPDATEs); owners
+    /// are named by it.
+    #[serde(default, deserialize_with = "nullable")]
+    pub uid: String,
     /// `None` when the object has no annotations map at all (a patch must then add the map).
     #[serde(default)]
     pub annotations: Option<BTreeMap<String, String>>,
@@ -106,9 +110,14 @@ pub struct ObjectMeta {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct OwnerReference {
     #[serde(default, deserialize_with = "nullable")]
+    pub api_version: String,
+    #[serde(default, deserialize_with = "nullable")]
     pub kind: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub uid: String,
     #[serde(default, deserialize_with = "nullable")]
     pub name: String,
     #[serde(default, deserialize_with = "nullable")]
@@ -154,11 +163,20 @@ pub struct RawSpec {
     /// CronJob.
     #[serde(default, deserialize_with = "nullable")]
     pub concurrency_policy: String,
+    /// Deployment: how a rollout replaces pods (its surge pods run beside the old ones).
+    #[serde(default, deserialize_with = "nullable")]
+    pub strategy: RolloutStrategy,
+    /// DaemonSet: the same, under another name.
+    #[serde(default, deserialize_with = "nullable")]
+    pub update_strategy: RolloutStrategy,
     /// Pod: the pod spec is the object's spec.
     #[serde(default, deserialize_with = "nullable")]
     pub containers: Vec<Container>,
     #[serde(default, deserialize_with = "nullable")]
     pub init_containers: Vec<Container>,
+    /// Pod: added by `kubectl debug` through the `pods/ephemeralcontainers` subresource.
+    #[serde(default, deserialize_with = "nullable")]
+    pub ephemeral_containers: Vec<Container>,
     #[serde(default, deserialize_with = "nullable")]
     pub node_selector: BTreeMap<String, String>,
     #[serde(default, deserialize_with = "nullable")]
@@ -179,11 +197,52 @@ impl RawSpec {
         PodSpec {
             containers: self.containers,
             init_containers: self.init_containers,
+            ephemeral_containers: self.ephemeral_containers,
             node_selector: self.node_selector,
             node_name: self.node_name,
             host_ipc: self.host_ipc,
             volumes: self.volumes,
             resource_claims: self.resource_claims,
+        }
+    }
+}
+
+/// A Deployment's `spec.strategy` or a DaemonSet's `spec.updateStrategy`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStrategy {
+    /// `RollingUpdate` (the default when empty), `Recreate` or `OnDelete`.
+    #[serde(default, rename = "type", deserialize_with = "nullable")]
+    pub type_: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub rolling_update: RollingUpdate,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RollingUpdate {
+    #[serde(default)]
+    pub max_surge: Option<IntOrString>,
+}
+
+/// An `intstr.IntOrString` as Kubernetes writes it: `1` or `"25%"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IntOrString {
+    Int(i64),
+    String(String),
+}
+
+impl<'de> Deserialize<'de> for IntOrString {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) => Ok(IntOrString::String(s)),
+            serde_json::Value::Number(n) => n
+                .as_i64()
+                .map(IntOrString::Int)
+                .ok_or_else(|| serde::de::Error::custom(format!("invalid int-or-string {n}"))),
+            other => Err(serde::de::Error::custom(format!(
+                "invalid int-or-string {other}"
+            ))),
         }
     }
 }
@@ -251,6 +310,9 @@ pub struct PodSpec {
     pub containers: Vec<Container>,
     #[serde(default, deserialize_with = "nullable")]
     pub init_containers: Vec<Container>,
+    /// Only a Pod has them (they cannot be set in a template).
+    #[serde(default, deserialize_with = "nullable")]
+    pub ephemeral_containers: Vec<Container>,
     #[serde(default, deserialize_with = "nullable")]
     pub node_selector: BTreeMap<String, String>,
     #[serde(default, deserialize_with = "nullable")]
@@ -286,9 +348,14 @@ impl Container {
         self.env.as_deref().unwrap_or_default()
     }
 
-    /// The first entry for `name`: the one gpushare checks and owns.
+    /// The first entry for `name`: the one gpushare owns (it removes later duplicates).
     pub fn env_var(&self, name: &str) -> Option<&EnvVar> {
         self.env_entries().iter().find(|e| e.name == name)
+    }
+
+    /// The entry for `name` that takes effect: the kubelet lets a later duplicate win.
+    pub fn effective_env(&self, name: &str) -> Option<&EnvVar> {
+        self.env_entries().iter().rev().find(|e| e.name == name)
     }
 
     /// The largest `nvidia.com/gpu` this container asks for in limits or requests.
