@@ -29,7 +29,7 @@ fn node(name: &str, gpus: u32) -> Value {
 fn deployment(name: &str, replicas: u32, gpu: &str) -> String {
     format!(
         "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\n  annotations: {{gpushare.io/gpu: \"{gpu}\"}}\n\
-         spec:\n  replicas: {replicas}\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n\
+         spec:\n  replicas: {replicas}\n  strategy: {{rollingUpdate: {{maxSurge: 0}}}}\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n\
          \x20   spec:\n      containers: [{{name: cuda, image: nvcr.io/nvidia/k8s/cuda-sample:nbody}}]\n"
     )
 }
@@ -41,7 +41,8 @@ fn stored(name: &str, replicas: u32, gpu: u32) -> Value {
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name, "namespace": NS, "annotations": assigned.clone()},
-        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}}, "template": {
+        "spec": {"replicas": replicas, "strategy": {"rollingUpdate": {"maxSurge": 0}},
+            "selector": {"matchLabels": {"app": name}}, "template": {
             "metadata": {"labels": {"app": name}, "annotations": assigned},
             "spec": {"containers": [{"name": "cuda", "image": "nbody",
                 "env": [{"name": VISIBLE_DEVICES, "value": gpu.to_string()}]}]}}}

@@ -45,6 +45,8 @@ fn module(name: &str, replicas: u32, annotations: &[(&str, &str)]) -> Value {
     object["metadata"]["name"] = json!(name);
     object["metadata"]["namespace"] = json!("default");
     object["spec"]["replicas"] = json!(replicas);
+    // No surge pods: the tests count replicas (the surge has rows of its own in the decision table).
+    object["spec"]["strategy"] = json!({ "rollingUpdate": { "maxSurge": 0 } });
     object
 }
 

@@ -67,7 +67,7 @@ fn admit_in_order(policy: &str, names: &[&str]) -> Vec<u32> {
     let mut inventory = Inventory::standalone(Some(2));
     let mut gpus = Vec::new();
     for name in names {
-        let mut object = web().ann(GPU, "auto").0;
+        let mut object = web().ann(GPU, "auto").no_surge().0;
         object["metadata"]["name"] = json!(name);
         let Verdict::Allowed(mutation) =
             decide_json("default", &object, None, &policy, &inventory).expect("decide")
@@ -128,11 +128,12 @@ fn create_then_update_of_the_mutated_object_needs_no_patch() {
         panic!("not assigned: {:?}", update.outcome)
     };
     assert_eq!(
-        (claim.gpu(), claim.mode(), claim.pods),
-        (GpuIndex(1), Mode::Mps, 2)
+        (claim.gpu(), claim.mode(), claim.pods()),
+        (GpuIndex(1), Mode::Mps, 3),
+        "2 replicas and the default rollout's surge pod"
     );
     assert_eq!(
-        Claim::of_stored(&workload("default", &scaled).expect("a workload")),
+        Claim::of_stored(&workload("default", &scaled).expect("a workload"), false),
         Some(claim)
     );
 }

@@ -40,6 +40,8 @@ fn default_policy() -> Value {
         "nodes": {},
         "namespaces": { "exclude": ["kube-system", "gpushare-system"] },
         "enforcement": "deny",
+        "handWrittenGpuEnv": "count",
+        "hideGpuFromUnmanaged": false,
     })
 }
 
@@ -754,6 +756,7 @@ fn rbac_is_least_privilege() {
     // creates events.k8s.io Events and patches them to count repeats.
     let allowed: &[(&str, &str, &[&str])] = &[
         ("", "nodes", &["list", "watch"]),
+        ("", "namespaces", &["list", "watch"]),
         ("apps", "deployments", &["list", "watch"]),
         ("apps", "replicasets", &["list", "watch"]),
         ("apps", "statefulsets", &["list", "watch"]),

@@ -590,7 +590,11 @@ async fn in_cluster_mode_the_page_shows_the_cached_modules() {
         modules(gpu0)
     );
     let clients = &meters(gpu0)["client-processes"];
-    assert_eq!(clients.attr("data-used"), "2", "2 replicas x 1 container");
+    assert_eq!(
+        clients.attr("data-used"),
+        "3",
+        "(2 replicas + the default rollout's surge pod) x 1 container"
+    );
     let gpu1 = &gpus[&("edge-1".to_owned(), "1".to_owned())];
     assert!(modules(gpu1).is_empty());
 }

@@ -758,7 +758,8 @@ async fn rules_over_the_wire() {
     for (value, expect) in [
         ("all", Expect::Denied(VISIBLE_DEVICES)),
         ("0,1", Expect::Denied(VISIBLE_DEVICES)),
-        ("1", Expect::Unchanged),
+        // Written by hand: counted as gpushare.io/gpu: "1" (CONTRACT section 2b).
+        ("1", Expect::Patched("1", None)),
         ("none", Expect::Unchanged),
         ("void", Expect::Unchanged),
         ("", Expect::Unchanged),

@@ -113,7 +113,7 @@ pub struct Claim {
 }
 
 /// The client processes of one pod of a module.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PerPod {
     /// The containers gpushare writes the GPU to.
     pub selected: u32,

@@ -224,9 +224,10 @@ fn pinned_choice(module: &ModuleRequest, extras: &Extras) -> Result<GpuChoice, D
         (GpuChoice::Index(asked), Some(written)) if asked != written => Err(Denial::new(
             Rule::MultipleGpus,
             format!(
-                "a container gpushare does not write to sets NVIDIA_VISIBLE_DEVICES=\"{written}\", but the module's \
-                 GPU is {asked}: a module may use only one GPU; make that container name GPU {asked}, or list it \
-                 in gpushare.io/containers"
+                "container {:?}, which gpushare does not write to, sets NVIDIA_VISIBLE_DEVICES=\"{written}\", but the \
+                 module's GPU is {asked}: a module may use only one GPU; make that container name GPU {asked}, or \
+                 list it in gpushare.io/containers",
+                extras.first.as_deref().unwrap_or_default()
             ),
         )),
         (GpuChoice::Auto, Some(written)) => Ok(GpuChoice::Index(written)),
@@ -257,32 +258,29 @@ fn assign(
     containers::check(workload, &selected, policy, &mut builder.warnings)?;
     let extras = extras_of(workload, &selected, policy)?;
     let choice = pinned_choice(module, &extras)?;
+    let percentage = module.percentage.unwrap_or(policy.default_mps_percentage);
     let per_pod = PerPod {
         selected: selected.iter().filter(|s| **s).count() as u32,
         extras,
     };
-    let percentage = module.percentage.unwrap_or(policy.default_mps_percentage);
     let demand = Demand {
         pods: workload.pods,
         clients: workload
             .pods
             .total()
-            .saturating_mul(per_pod.selected.saturating_add(extras.clients)),
+            .saturating_mul(per_pod.selected.saturating_add(per_pod.extras.clients)),
         pods_field: workload.kind().pods_field(),
         mode: module.mode,
-        percentage: percentage.get().saturating_add(extras.percentage),
+        percentage: percentage.get().saturating_add(per_pod.extras.percentage),
     };
     let placement = workload.placement();
     let scope = Scope::new(workload.key.clone(), &placement, policy, inventory)?;
-    let kept = kept_gpu(request, module, policy);
-    // A kept GPU wins even over a policy defaultGpu changed since: modules move only when their user asks.
+    // A kept GPU wins even over a policy defaultGpu changed since: modules move only when their
+    // user asks (or a container writing by hand names another GPU).
+    let kept = kept_gpu(request, module, policy)
+        .filter(|kept| per_pod.extras.gpu.is_none_or(|written| written == *kept));
     let gpu = match (kept, choice) {
-        (Some(gpu), GpuChoice::Auto) if scope.usable(gpu, demand.mode).is_ok() => {
-            scope.explicit(gpu, &demand, &mut builder.warnings)?
-        }
-        (Some(gpu), GpuChoice::Index(asked))
-            if asked == gpu && scope.usable(gpu, demand.mode).is_ok() =>
-        {
+        (Some(gpu), _) if scope.usable(gpu, demand.mode).is_ok() => {
             scope.explicit(gpu, &demand, &mut builder.warnings)?
         }
         (_, GpuChoice::Index(gpu)) => scope.explicit(gpu, &demand, &mut builder.warnings)?,

@@ -177,13 +177,15 @@ fn agree<T: PartialEq + Clone + std::fmt::Display>(
         let Some(value) = value else { continue };
         match first {
             None => first = Some((container, value)),
-            Some((other, earlier)) if earlier != value => return Err(Denial::new(
-                rule,
-                format!(
+            Some((other, earlier)) if earlier != value => {
+                return Err(Denial::new(
+                    rule,
+                    format!(
                     "containers {:?} and {:?} set {what} to \"{earlier}\" and \"{value}\": {fix}",
                     other.name, container.name
                 ),
-            )),
+                ))
+            }
             Some(_) => {}
         }
     }
@@ -255,10 +257,12 @@ pub fn module_request(
 
 /// Containers gpushare does not write to that use a GPU by hand, taken together: each is one
 /// more client process of the module's GPU, with the percentage it writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Extras {
     /// The one index they name (`None` when there are none).
     pub gpu: Option<GpuIndex>,
+    /// The first of them, for messages.
+    pub first: Option<String>,
     pub clients: u32,
     /// The MPS percentages they write, summed (per pod).
     pub percentage: u32,
@@ -295,6 +299,7 @@ pub fn extras<'a>(containers: impl IntoIterator<Item = &'a Container>) -> Result
             }
             _ => {
                 first.get_or_insert(container);
+                extras.first.get_or_insert_with(|| container.name.clone());
                 extras.gpu = Some(gpu);
             }
         }

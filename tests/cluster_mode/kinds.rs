@@ -121,12 +121,22 @@ async fn bare_pods_count_and_controller_owned_or_finished_pods_do_not() {
     let mut owned = assigned_to_gpu0(named(pod.clone(), "web-5d4f-x2k4q"), "60");
     owned["metadata"]["ownerReferences"] = json!([{ "apiVersion": "apps/v1", "kind": "ReplicaSet",
         "name": "web-5d4f", "uid": "3f2a9c1e-5b7d-4e8f-a1c3-9d0e2f4b6a8c", "controller": true }]);
+    // Its ReplicaSet exists with that uid, and the Pod carries its template as it is. (The
+    // ReplicaSet, a module of its own here, runs 0 replicas: only the Pod could hold GPU 0.)
+    let mut replica_set = assigned_to_gpu0(
+        named(common::fixture_json("replicaset-cam.json"), "web-5d4f"),
+        "60",
+    );
+    replica_set["metadata"]["uid"] = json!("3f2a9c1e-5b7d-4e8f-a1c3-9d0e2f4b6a8c");
+    replica_set["spec"]["replicas"] = json!(0);
+    replica_set["spec"]["template"]["spec"] = owned["spec"].clone();
     let mut succeeded = assigned_to_gpu0(named(pod.clone(), "done"), "60");
     succeeded["status"] = json!({ "phase": "Succeeded" });
     let cluster = Cluster::start(vec![
         node("edge-1", 1, "a"),
         policy(MPS_GPU0),
-        owned,
+        replica_set,
+        owned.clone(),
         succeeded,
     ])
     .await;
@@ -149,6 +159,23 @@ async fn bare_pods_count_and_controller_owned_or_finished_pods_do_not() {
         !cluster.probe(&sixty()).await.allowed
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_naming_a_controller_that_does_not_exist_counts_as_its_own_module() {
+    let mut forged = assigned_to_gpu0(
+        named(common::fixture_json("pod-infer.json"), "forged"),
+        "60",
+    );
+    forged["metadata"]["ownerReferences"] = json!([{ "apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "name": "nobody", "uid": "00000000-0000-0000-0000-000000000000", "controller": true }]);
+    let cluster = Cluster::start(vec![node("edge-1", 1, "a"), policy(MPS_GPU0), forged]).await;
+    let denied = cluster.probe(&sixty()).await;
+    assert!(
+        !denied.allowed && denied.message.contains("60% MPS committed"),
+        "a forged owner exempts nothing: {}",
+        denied.message
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,11 @@ pub fn rows() -> Vec<Row> {
         row("unmanaged: allowed unchanged", web(), unchanged().done()),
         row("unmanaged: NVIDIA_VISIBLE_DEVICES=all denied", visible("all"), denied(403, &[NVD, "all"])),
         row("unmanaged: NVIDIA_VISIBLE_DEVICES=0,1 denied", visible("0,1"), denied(403, &[NVD, "0,1"])),
-        row("unmanaged: NVIDIA_VISIBLE_DEVICES=0 allowed", visible("0"), unchanged().done()),
+        row(
+            "hand-written NVIDIA_VISIBLE_DEVICES=0 is counted as gpushare.io/gpu: \"0\"",
+            visible("0"),
+            assigned("0", TS, None).env("nginx", &[(NVD, "0")]).holds(2, 2).done(),
+        ),
         row("unmanaged: NVIDIA_VISIBLE_DEVICES=none allowed", visible("none"), unchanged().done()),
         row("unmanaged: NVIDIA_VISIBLE_DEVICES=void allowed", visible("void"), unchanged().done()),
         row("unmanaged: NVIDIA_VISIBLE_DEVICES empty allowed", visible(""), unchanged().done()),
@@ -58,7 +62,7 @@ pub fn rows() -> Vec<Row> {
         .module(committed("other/b", 1, Some(20), 1, 1)),
         row(
             "auto pack picks the most loaded GPU that fits",
-            gpu("auto").ann(PCT, "30"),
+            gpu("auto").ann(PCT, "30").no_surge(),
             assigned("1", MPS, Some("30")).env("nginx", &[(NVD, "1"), (MPS_PCT, "30")]).done(),
         )
         .policy("defaultMode: mps\nstrategy: pack")
@@ -140,7 +144,7 @@ pub fn rows() -> Vec<Row> {
         row("mps-percentage 20% denied", web().ann(PCT, "20%"), denied(400, &[PCT])).policy("defaultMode: mps"),
         row(
             "mps-percentage 100 allowed",
-            web().ann(PCT, "100"),
+            web().ann(PCT, "100").no_surge(),
             assigned("0", MPS, Some("100")).env("nginx", &[(NVD, "0"), (MPS_PCT, "100")]).done(),
         )
         .policy("defaultMode: mps"),
@@ -198,7 +202,7 @@ pub fn rows() -> Vec<Row> {
         row(
             "replicas absent count as one",
             {
-                let mut d = gpu("0").ann(PCT, "100");
+                let mut d = gpu("0").ann(PCT, "100").no_surge();
                 d.at("/spec").as_object_mut().expect("spec").remove("replicas");
                 d
             },
@@ -227,9 +231,19 @@ pub fn rows() -> Vec<Row> {
             denied(403, &[NVD, "sidecar"]),
         ),
         row(
-            "unselected container with a single index allowed and untouched",
+            "unselected container naming another GPU denied: one module, one GPU",
             gpu("0").sidecar().ann(CONTAINERS, "nginx").var("sidecar", NVD, "1"),
-            assigned("0", TS, None).env("nginx", &[(NVD, "0")]).env("sidecar", &[(NVD, "1")]).done(),
+            denied(403, &[NVD, "sidecar", "only one GPU"]),
+        ),
+        row(
+            "unselected container naming the module's GPU is one more client process, untouched",
+            gpu("0").sidecar().ann(CONTAINERS, "nginx").var("sidecar", NVD, "0").no_surge(),
+            assigned("0", TS, None).env("nginx", &[(NVD, "0")]).env("sidecar", &[(NVD, "0")]).holds(1, 2).done(),
+        ),
+        row(
+            "unselected container's GPU pins auto",
+            gpu("auto").sidecar().ann(CONTAINERS, "nginx").var("sidecar", NVD, "1"),
+            assigned("1", TS, None).env("nginx", &[(NVD, "1")]).env("sidecar", &[(NVD, "1")]).done(),
         ),
         row(
             "managed: init container with NVIDIA_VISIBLE_DEVICES=0,1 denied",
@@ -336,14 +350,32 @@ pub fn rows() -> Vec<Row> {
         // -- rule 5: capacity
         row(
             "capacity: replicas x percentage over 100 denied",
-            gpu("0").ann(PCT, "40").replicas(3),
+            gpu("0").ann(PCT, "40").replicas(3).no_surge(),
             denied(403, &["maxMpsPercentagePerGpu", "120%"]),
         )
         .policy("defaultMode: mps"),
         row(
             "capacity: replicas x percentage of exactly 100 allowed",
-            gpu("0").ann(PCT, "50").replicas(2),
+            gpu("0").ann(PCT, "50").replicas(2).no_surge(),
             assigned("0", MPS, Some("50")).env("nginx", &[(NVD, "0"), (MPS_PCT, "50")]).done(),
+        )
+        .policy("defaultMode: mps"),
+        row(
+            "capacity: a rolling update's surge pods count (the default maxSurge 25% rounds up to 1)",
+            gpu("0").ann(PCT, "50").replicas(2),
+            denied(403, &["maxMpsPercentagePerGpu", "(2 + maxSurge 1) x 50% = 150%", "maxSurge to 0"]),
+        )
+        .policy("defaultMode: mps"),
+        row(
+            "capacity: a Recreate rollout runs no surge pods",
+            gpu("0").ann(PCT, "50").replicas(2).top_spec("strategy", json!({ "type": "Recreate" })),
+            assigned("0", MPS, Some("50")).holds(2, 2).done(),
+        )
+        .policy("defaultMode: mps"),
+        row(
+            "capacity: an explicit maxSurge counts that many pods",
+            gpu("0").ann(PCT, "20").replicas(2).top_spec("strategy", json!({ "rollingUpdate": { "maxSurge": 3 } })),
+            assigned("0", MPS, Some("20")).holds(5, 5).done(),
         )
         .policy("defaultMode: mps"),
         row(
@@ -362,7 +394,7 @@ pub fn rows() -> Vec<Row> {
             .policy("maxClientsPerGpu: 4"),
         row(
             "capacity: clients are replicas x selected containers",
-            gpu("0").sidecar().replicas(3),
+            gpu("0").sidecar().replicas(3).no_surge(),
             denied(403, &["maxClientsPerGpu", "6"]),
         )
         .policy("maxClientsPerGpu: 4"),
@@ -376,7 +408,7 @@ pub fn rows() -> Vec<Row> {
             .policy("defaultMode: mps\nmaxClientsPerGpu: 100"),
         row(
             "capacity: 48 mps clients allowed",
-            gpu("0").ann(PCT, "1").replicas(48),
+            gpu("0").ann(PCT, "1").replicas(48).no_surge(),
             assigned("0", MPS, Some("1")).env("nginx", &[(NVD, "0"), (MPS_PCT, "1")]).done(),
         )
         .policy("defaultMode: mps\nmaxClientsPerGpu: 100"),
@@ -415,12 +447,12 @@ pub fn rows() -> Vec<Row> {
         // -- UPDATE
         row(
             "UPDATE does not count the module itself twice",
-            gpu("0").ann(PCT, "80").assigned("0", MPS, Some("80")).var("nginx", NVD, "0").var("nginx", MPS_PCT, "80"),
+            gpu("0").ann(PCT, "80").no_surge().assigned("0", MPS, Some("80")).var("nginx", NVD, "0").var("nginx", MPS_PCT, "80"),
             assigned("0", MPS, Some("80")).env("nginx", &[(NVD, "0"), (MPS_PCT, "80")]).done(),
         )
         .policy("defaultMode: mps")
         .module(committed("default/web", 0, Some(80), 1, 1))
-        .update(gpu("0").ann(PCT, "80").assigned("0", MPS, Some("80")).var("nginx", NVD, "0").var("nginx", MPS_PCT, "80")),
+        .update(gpu("0").ann(PCT, "80").no_surge().assigned("0", MPS, Some("80")).var("nginx", NVD, "0").var("nginx", MPS_PCT, "80")),
         row(
             "UPDATE keeps the old GPU for auto though another is less loaded",
             gpu("auto").assigned("1", TS, None).var("nginx", NVD, "1").replicas(2),

@@ -8,6 +8,7 @@ use gpushare::core::claim::{Assigned, Claim, Share};
 use gpushare::core::decision::{decide, Operation, Request};
 use gpushare::core::domain::{GpuIndex, Percentage};
 use gpushare::core::inventory::{Inventory, Node, Placement};
+use gpushare::core::pods::PodCount;
 use gpushare::core::policy::Policy;
 use gpushare::core::verdict::{Mutation, Outcome, Verdict};
 use gpushare::core::workload::{Kind, RawObject, Workload, WorkloadKey};
@@ -161,10 +162,20 @@ impl Dep {
         self.annotate(&meta, key, value)
     }
 
+    /// A Deployment whose rolling update runs no surge pods (`maxSurge: 0`).
+    pub fn no_surge(self) -> Dep {
+        self.top_spec("strategy", json!({ "rollingUpdate": { "maxSurge": 0 } }))
+    }
+
     /// A controller that owns the object.
     pub fn owned_by(mut self, kind: &str, name: &str) -> Dep {
+        let api_version = match kind {
+            "Job" | "CronJob" => "batch/v1",
+            "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => "apps/v1",
+            _ => "example.io/v1",
+        };
         self.at("/metadata")["ownerReferences"] = json!([{
-            "apiVersion": "apps/v1", "kind": kind, "name": name,
+            "apiVersion": api_version, "kind": kind, "name": name,
             "uid": "6f1c7a52-5d0e-4d7e-9c1b-1a2b3c4d5e6f", "controller": true, "blockOwnerDeletion": true
         }]);
         self
@@ -388,8 +399,9 @@ pub fn committed(key: &str, gpu: u32, mps_pct: Option<u64>, pods: u32, clients: 
             gpu: GpuIndex(gpu),
             share,
         },
-        pods,
+        pods: PodCount::fixed(pods),
         containers: clients / pods,
+        extra_percentage: 0,
     }
 }
 
@@ -648,7 +660,7 @@ fn check_claim(namespace: &str, patched: &Value, mutation: &Mutation) -> Result<
     let Outcome::Assigned(claim) = &mutation.outcome else {
         return Ok(());
     };
-    let stored = Claim::of_stored(&workload(namespace, patched)?);
+    let stored = Claim::of_stored(&workload(namespace, patched)?, false);
     if stored.as_ref() != Some(claim) {
         return Err(format!(
             "the stored object holds {stored:?}, but the decision returned {claim:?}"
@@ -770,7 +782,7 @@ fn check_allowed(original: &Value, mutation: &Mutation, want: &Allowed) -> Resul
     }
     if let Some((pods, clients)) = want.holds {
         match &mutation.outcome {
-            Outcome::Assigned(claim) if (claim.pods, claim.clients()) == (pods, clients) => {}
+            Outcome::Assigned(claim) if (claim.pods(), claim.clients()) == (pods, clients) => {}
             other => {
                 return Err(format!(
                     "expected a claim of {pods} pods and {clients} client processes, got {other:?}"

@@ -290,5 +290,96 @@ pub fn rows() -> Vec<Row> {
         )
         .policy(MPS_POLICY)
         .module(committed("default/Pod/solo", 0, Some(80), 1, 1)),
+        // -- every GPU consumer is counted (CONTRACT section 2b)
+        row(
+            "the device's Job sample (NVIDIA_VISIBLE_DEVICES=0 by hand) is assigned GPU 0 at the default percentage",
+            of("Job").var("nginx", NVD, "0"),
+            assigned("0", MPS, Some("50")).env("nginx", &[(NVD, "0"), (MPS_PCT, "50")]).holds(1, 1).done(),
+        )
+        .policy(MPS_POLICY),
+        row(
+            "a hand-written percentage is the module's share and counts against capacity",
+            of("Job").var("nginx", NVD, "0").var("nginx", MPS_PCT, "60"),
+            denied(403, &["60% MPS committed", "maxMpsPercentagePerGpu"]),
+        )
+        .policy(MPS_POLICY)
+        .module(committed("default/Job/other", 0, Some(60), 1, 1)),
+        row(
+            "a hand-written Pod is a module of its own",
+            of("Pod").var("nginx", NVD, "1").var("nginx", MPS_PCT, "30"),
+            assigned("1", MPS, Some("30")).env("nginx", &[(NVD, "1"), (MPS_PCT, "30")]).holds(1, 1).done(),
+        )
+        .policy(MPS_POLICY),
+        row(
+            "a hand-written percentage without an index lets auto choose and writes it",
+            of("Job").var("nginx", MPS_PCT, "30"),
+            assigned("0", MPS, Some("30")).env("nginx", &[(MPS_PCT, "30"), (NVD, "0")]).done(),
+        )
+        .policy(MPS_POLICY),
+        row(
+            "a hand-written valueFrom for NVIDIA_VISIBLE_DEVICES is denied naming gpushare.io/gpu",
+            of("Job").var_from("nginx", NVD),
+            denied(403, &["valueFrom", GPU]),
+        ),
+        row(
+            "a hand-written GPU UUID is denied naming gpushare.io/gpu",
+            of("Job").var("nginx", NVD, "GPU-3b1f0c2d"),
+            denied(400, &["by index", GPU]),
+        ),
+        row(
+            "two containers writing different GPUs by hand are denied",
+            of("Job").sidecar().var("nginx", NVD, "0").var("sidecar", NVD, "1"),
+            denied(403, &["nginx", "sidecar", "only one GPU"]),
+        ),
+        row(
+            "handWrittenGpuEnv: deny refuses hand-written variables, naming the annotations",
+            of("Job").var("nginx", NVD, "0"),
+            denied(403, &["handWrittenGpuEnv: deny", GPU, PCT]),
+        )
+        .policy("handWrittenGpuEnv: deny"),
+        row(
+            "handWrittenGpuEnv: allow lets them through uncounted, with a warning",
+            of("Job").var("nginx", NVD, "0"),
+            unchanged().warns(1, "does not count").done(),
+        )
+        .policy("handWrittenGpuEnv: allow"),
+        row(
+            "an init container using the module's GPU by hand is one more client process",
+            of("Job").ann(GPU, "0").init_container("warm-up", json!([{ "name": NVD, "value": "0" }])),
+            assigned("0", TS, None).env("nginx", &[(NVD, "0")]).holds(1, 2).done(),
+        ),
+        row(
+            "an init container using another GPU by hand is denied",
+            of("Job").ann(GPU, "0").init_container("warm-up", json!([{ "name": NVD, "value": "1" }])),
+            denied(403, &["warm-up", "only one GPU"]),
+        ),
+        row(
+            "a Pod whose controller is a ConfigMap is a module of its own",
+            of("Pod").ann(GPU, "0").owned_by("ConfigMap", "forged"),
+            assigned("0", TS, None).env("nginx", &[(NVD, "0")]).holds(1, 1).done(),
+        ),
+        row(
+            "a Pod an unknown operator made (an Argo Workflow) is a module of its own",
+            of("Pod").ann(GPU, "0").owned_by("Workflow", "train"),
+            assigned("0", TS, None).env("nginx", &[(NVD, "0")]).done(),
+        ),
+        row(
+            "hideGpuFromUnmanaged writes void on unmanaged containers without the variable",
+            of("Job").init_container("setup", json!([])),
+            allowed().env("nginx", &[(NVD, "void")]).done(),
+        )
+        .policy("hideGpuFromUnmanaged: true"),
+        row(
+            "hideGpuFromUnmanaged leaves a container that sets the variable alone",
+            of("Job").var("nginx", NVD, "none"),
+            unchanged().done(),
+        )
+        .policy("hideGpuFromUnmanaged: true"),
+        row(
+            "Pod Security is not known offline: mps hostIPC is allowed",
+            of("Job").ann(PCT, "20"),
+            assigned("0", MPS, Some("20")).host_ipc(Some(true)).done(),
+        )
+        .policy("defaultMode: mps\nmps: { hostIPC: true }"),
     ]
 }
