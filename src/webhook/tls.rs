@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::client::danger::ServerCertVerifier;
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
@@ -192,4 +194,34 @@ pub fn server_config(
     let mut config = builder.with_cert_resolver(cert);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Whether a client trusting only `ca_bundle` (PEM, as a webhook's `caBundle`) accepts `chain`
+/// (PEM, the serving certificate first) for `host`: the check the API server makes when it calls
+/// the webhook. The error says why not.
+pub fn verify_served(ca_bundle: &[u8], chain: &[u8], host: &str) -> Result<(), String> {
+    let parse = |pem: &[u8], what: &str| {
+        let certs = rustls_pemfile::certs(&mut &pem[..])
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{what} is not PEM: {e}"))?;
+        if certs.is_empty() {
+            return Err(format!("{what} holds no PEM certificate"));
+        }
+        Ok(certs)
+    };
+    let mut roots = RootCertStore::empty();
+    for ca in parse(ca_bundle, "the caBundle")? {
+        roots
+            .add(ca)
+            .map_err(|e| format!("the caBundle holds an unusable certificate: {e}"))?;
+    }
+    let chain = parse(chain, "the serving certificate")?;
+    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(host.to_string()).map_err(|e| format!("{host}: {e}"))?;
+    verifier
+        .verify_server_cert(&chain[0], &chain[1..], &name, &[], UnixTime::now())
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
