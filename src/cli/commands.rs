@@ -13,8 +13,8 @@ use crate::cli::args::{
     ApplyArgs, CertsArgs, CheckArgs, CheckOutput, LogFormat, ServeArgs, StatusArgs, StatusOutput,
 };
 use crate::cli::log_buffer;
-use crate::cli::{check, check_json, kubeconfig};
 use crate::cli::policy_file::{self, read_policy};
+use crate::cli::{check, check_json, kubeconfig};
 use crate::core::inventory::Inventory;
 use crate::core::policy::Policy;
 use crate::core::status;
@@ -60,7 +60,11 @@ fn policy_or_default(path: Option<&Path>) -> anyhow::Result<Policy> {
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    tracing::info!(version = crate::VERSION, "gpushare {} starting", crate::VERSION);
+    tracing::info!(
+        version = crate::VERSION,
+        "gpushare {} starting",
+        crate::VERSION
+    );
     tls::install_default_provider();
     let metrics = Arc::new(Metrics::new());
     let cert = Arc::new(ReloadingCert::load(&args.tls_cert, &args.tls_key).with_context(|| {

@@ -38,7 +38,8 @@ pub async fn read(
         }
         Err(error) => return Err(error).context("cannot read the policy ConfigMap"),
     };
-    let fallback = "the embedded default policy is used; pass --policy FILE with your cluster's policy";
+    let fallback =
+        "the embedded default policy is used; pass --policy FILE with your cluster's policy";
     if named.is_some() {
         notes.push(format!("{why}: {fallback}"));
         return Ok(Policy::default());
@@ -55,9 +56,7 @@ pub async fn read(
             ));
             return Ok(Policy::default());
         }
-        Err(error) => {
-            return Err(error).context("cannot list the ConfigMaps labelled as a policy")
-        }
+        Err(error) => return Err(error).context("cannot list the ConfigMaps labelled as a policy"),
     };
     found.sort_by_key(full_name);
     let Some(first) = found.first() else {

@@ -42,7 +42,9 @@ pub async fn check(client: &Client) -> Findings {
     };
     let ours: Vec<_> = configurations
         .into_iter()
-        .filter(|c| c.name_any() == NAME || c.labels().get(PART_OF).map(String::as_str) == Some(NAME))
+        .filter(|c| {
+            c.name_any() == NAME || c.labels().get(PART_OF).map(String::as_str) == Some(NAME)
+        })
         .collect();
     if ours.is_empty() {
         findings.notes.push(format!(
@@ -53,7 +55,8 @@ pub async fn check(client: &Client) -> Findings {
     let mut secrets: BTreeMap<(String, String), Option<Vec<u8>>> = BTreeMap::new();
     for configuration in &ours {
         for webhook in configuration.webhooks.iter().flatten() {
-            if let Some(warning) = check_webhook(client, configuration, webhook, &mut secrets).await {
+            if let Some(warning) = check_webhook(client, configuration, webhook, &mut secrets).await
+            {
                 findings.warnings.push(warning);
             }
         }

@@ -70,8 +70,7 @@ type PolicySource = Box<dyn Fn() -> Arc<Policy> + Send + Sync>;
 /// expected well under a millisecond), then the webhook's 5 s timeout and 10 s, so that a slow
 /// answer the API server gave up on still lands in a bucket of its own.
 fn latency_buckets() -> impl Iterator<Item = f64> {
-    prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 17)
-        .chain([5.0, 10.0])
+    prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 17).chain([5.0, 10.0])
 }
 
 pub struct Metrics {

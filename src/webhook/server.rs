@@ -224,7 +224,16 @@ pub async fn serve(
         if let Some(listener) = listeners.health {
             let app = health_router(state.clone());
             let metrics = state.metrics.clone();
-            accept_loop("health", listener, Plain, app, metrics, &limits, stopped(stop)).await;
+            accept_loop(
+                "health",
+                listener,
+                Plain,
+                app,
+                metrics,
+                &limits,
+                stopped(stop),
+            )
+            .await;
         }
     };
     tokio::join!(drain, webhook, health);
