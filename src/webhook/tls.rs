@@ -225,3 +225,36 @@ pub fn verify_served(ca_bundle: &[u8], chain: &[u8], host: &str) -> Result<(), S
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A CA's PEM and a serving chain (PEM) it signed for `host`.
+    fn issued(host: &str) -> (String, String) {
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(ca, ca_key).expect("CA");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let leaf = rcgen::CertificateParams::new(vec![host.to_string()])
+            .expect("params")
+            .signed_by(&key, &ca)
+            .expect("leaf");
+        (ca.pem(), leaf.pem())
+    }
+
+    #[test]
+    fn a_ca_bundle_verifies_only_what_it_signed_for_the_service_name() {
+        let host = "gpushare.gpushare-system.svc";
+        let (ca, chain) = issued(host);
+        let (other_ca, _) = issued(host);
+        assert_eq!(verify_served(ca.as_bytes(), chain.as_bytes(), host), Ok(()));
+        assert!(verify_served(other_ca.as_bytes(), chain.as_bytes(), host).is_err());
+        assert!(
+            verify_served(ca.as_bytes(), chain.as_bytes(), "other.gpushare-system.svc").is_err()
+        );
+        assert!(verify_served(b"not PEM", chain.as_bytes(), host)
+            .is_err_and(|e| e.contains("caBundle")));
+    }
+}
