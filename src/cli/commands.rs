@@ -193,7 +193,7 @@ async fn shutdown_signal() {
 pub fn check(args: CheckArgs) -> ExitCode {
     let json = args.output == Some(CheckOutput::Json);
     // With -o json, scripts read the reason from stdout too.
-    let fail = |error: anyhow::Error| {
+    let give_up = |error: anyhow::Error| {
         if json {
             println!("{}", check_json::error(&format!("{error:#}")));
         }
@@ -201,11 +201,11 @@ pub fn check(args: CheckArgs) -> ExitCode {
     };
     let policy = match policy_or_default(args.policy.as_deref()) {
         Ok(policy) => policy,
-        Err(error) => return fail(error),
+        Err(error) => return give_up(error),
     };
     let documents = match check::load(&args.files) {
         Ok(documents) => documents,
-        Err(error) => return fail(error.into()),
+        Err(error) => return give_up(error.into()),
     };
     let report = check::check(documents, &policy, Inventory::standalone(args.gpus));
     match args.output {
