@@ -113,7 +113,7 @@ HELM := target/tools/helm
 GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 # The oldest Kubernetes release the chart and manifests support (README, "Kubernetes versions").
 MIN_KUBE_VERSION := 1.30.0
-CHART_ALL_ON := certManager.enabled=true,namespace.create=true,grafanaDashboard.enabled=true,statusPage.enabled=true
+CHART_ALL_ON := certManager.enabled=true,namespace.create=true,grafanaDashboard.enabled=true,statusPage.enabled=true,serviceMonitor.enabled=true
 
 .PHONY: chart-test helm
 

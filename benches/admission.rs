@@ -367,6 +367,8 @@ impl Workspace {
                 &requests::GPUS.to_string(),
                 "--listen",
                 "127.0.0.1:0",
+                "--health-listen",
+                "127.0.0.1:0",
                 "--tls-cert",
                 path_str(&cert),
                 "--tls-key",

@@ -12,6 +12,9 @@ pub mod cluster;
 pub mod core;
 pub mod webhook;
 
+/// The version `gpushare version`, `serve`'s first log line and `gpushare_build_info` report.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// Admission allocates and frees many small buffers per request (the parsed view, the patch, HTTP
 /// and TLS buffers); with jemalloc the server spends about a quarter less CPU per admission than
 /// with glibc's malloc, and the cluster caches stay as compact (mimalloc was as fast but held

@@ -37,6 +37,11 @@ fn main() -> ExitCode {
             let _logs = commands::init_logging(LogFormat::Text);
             runtime().block_on(commands::apply(args))
         }
+        Command::Version => commands::version(),
+        Command::Completion(args) => {
+            gpushare::cli::completion::print(args.shell, std::env::args_os().next());
+            ExitCode::SUCCESS
+        }
     }
 }
 

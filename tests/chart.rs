@@ -406,3 +406,130 @@ fn a_misspelt_value_is_an_error_naming_it() {
         );
     }
 }
+
+/// The values operators expect land where they must, and the selector keeps releases apart.
+#[test]
+fn pod_labels_priority_env_spread_and_selector_come_from_values() {
+    let Some(helm) = helm() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let values = dir.path().join("values.yaml");
+    std::fs::write(
+        &values,
+        "podLabels: {team: edge}\n\
+         priorityClassName: gpu-critical\n\
+         extraEnv: [{name: RUST_LOG, value: debug}]\n\
+         topologySpreadConstraints:\n\
+         - {maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: ScheduleAnyway,\n\
+         \x20  labelSelector: {matchLabels: {app.kubernetes.io/instance: edge}}}\n",
+    )
+    .expect("values written");
+    let objects = template(
+        &helm,
+        "edge",
+        "gpu-system",
+        &["-f", values.to_str().expect("UTF-8")],
+    );
+    let deployment = the(&objects, "Deployment", Some("edge-gpushare"));
+    let selector = &deployment["spec"]["selector"]["matchLabels"];
+    assert_eq!(selector["app.kubernetes.io/instance"], "edge");
+    assert!(
+        selector.get("team").is_none(),
+        "podLabels never reach the immutable selector"
+    );
+    let pod = &deployment["spec"]["template"];
+    assert_eq!(pod["metadata"]["labels"]["team"], "edge");
+    assert_eq!(pod["spec"]["priorityClassName"], "gpu-critical");
+    assert_eq!(
+        pod["spec"]["topologySpreadConstraints"][0]["topologyKey"],
+        "topology.kubernetes.io/zone"
+    );
+    let env = pod["spec"]["containers"][0]["env"].as_array().expect("env");
+    assert!(env
+        .iter()
+        .any(|e| e["name"] == "RUST_LOG" && e["value"] == "debug"));
+    assert!(
+        env.iter().any(|e| e["name"] == "POD_NAME"),
+        "the chart's own env stays"
+    );
+    // The CLI finds the policy of a release of any name by these labels.
+    let policy = the(&objects, "ConfigMap", Some("edge-gpushare-policy"));
+    for pair in gpushare::cluster::policy_configmap::LABELS.split(',') {
+        let (label, value) = pair.split_once('=').expect("label=value");
+        assert_eq!(policy["metadata"]["labels"][label], value, "{label}");
+    }
+    for kind in ["Service", "PodDisruptionBudget"] {
+        let object = the(&objects, kind, Some("edge-gpushare"));
+        let selects = object["spec"]["selector"]
+            .get("matchLabels")
+            .unwrap_or(&object["spec"]["selector"]);
+        assert_eq!(selects, selector, "{kind} selects the Deployment's pods");
+    }
+}
+
+/// The probes use the plain-HTTP health port, so they work when --client-ca is set.
+#[test]
+fn probes_use_the_plain_http_health_port() {
+    let Some(helm) = tools() else { return };
+    for (origin, objects) in [
+        ("manifests/", kustomize(&repo_path("manifests"))),
+        (CHART, template(&helm, "gpushare", "gpushare-system", &[])),
+    ] {
+        let container =
+            &the(&objects, "Deployment", None)["spec"]["template"]["spec"]["containers"][0];
+        let health = container["ports"]
+            .as_array()
+            .and_then(|ports| ports.iter().find(|p| p["name"] == "health"))
+            .unwrap_or_else(|| panic!("{origin}: a container port named health"));
+        let args = strings(&container["args"]);
+        let listen = format!("0.0.0.0:{}", health["containerPort"]);
+        assert!(
+            args.windows(2)
+                .any(|w| w == ["--health-listen", listen.as_str()]),
+            "{origin}: serve listens for health on the declared port: {args:?}"
+        );
+        for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
+            let get = &container[probe]["httpGet"];
+            assert_eq!(get["port"], "health", "{origin} {probe}");
+            assert_eq!(get["scheme"], "HTTP", "{origin} {probe}");
+        }
+    }
+}
+
+#[test]
+fn a_service_monitor_scrapes_the_health_port_when_enabled() {
+    let Some(helm) = helm() else { return };
+    let default = template(&helm, "gpushare", "gpushare-system", &[]);
+    assert!(
+        default.iter().all(|o| o["kind"] != "ServiceMonitor"),
+        "off by default"
+    );
+    let objects = template(
+        &helm,
+        "edge",
+        "gpu-system",
+        &[
+            "--set",
+            "serviceMonitor.enabled=true,serviceMonitor.labels.release=prom",
+        ],
+    );
+    let monitor = the(&objects, "ServiceMonitor", Some("edge-gpushare"));
+    assert_eq!(monitor["metadata"]["labels"]["release"], "prom");
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(endpoint["path"], "/metrics");
+    assert_eq!(endpoint["scheme"], "http");
+    let service = the(&objects, "Service", Some("edge-gpushare-metrics"));
+    for (label, value) in monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .expect("matchLabels")
+    {
+        assert_eq!(&service["metadata"]["labels"][label], value, "{label}");
+    }
+    let port = &service["spec"]["ports"][0];
+    assert_eq!(port["name"], endpoint["port"]);
+    assert_eq!(port["targetPort"], "health");
+    let deployment = the(&objects, "Deployment", Some("edge-gpushare"));
+    assert_eq!(
+        service["spec"]["selector"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+}

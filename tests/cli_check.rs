@@ -447,3 +447,128 @@ fn output_yaml_prints_every_object_and_round_trips() {
     let twice = check(&args_again);
     assert_eq!(parse_stream(&twice.stdout), printed);
 }
+
+/// `check -o json` on `args`: the exit code and the parsed stdout.
+fn check_json(args: &[&str]) -> (Run, Value) {
+    let mut with_json = vec!["-o", "json"];
+    with_json.extend_from_slice(args);
+    let run = check(&with_json);
+    let value = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("-o json prints one JSON object ({e}): {run:?}"));
+    (run, value)
+}
+
+#[test]
+fn output_json_has_one_entry_per_verdict_line_in_the_same_order() {
+    let policy = mps_policy();
+    let cases: [(&[&str], i32); 3] = [
+        (
+            &["--policy", &policy, "--gpus", "2", "check-allowed.yaml"],
+            0,
+        ),
+        (&["check-denied.yaml"], 1),
+        (&["--gpus", "2", "check-kinds.yaml"], 1),
+    ];
+    for (args, code) in cases {
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| {
+                if a.ends_with(".yaml") {
+                    fixture(a)
+                } else {
+                    a.to_string()
+                }
+            })
+            .collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let text = check(&args);
+        let (run, json) = check_json(&args);
+        assert_eq!((text.code, run.code), (code, code), "{run:?}");
+        let results = json["results"].as_array().expect("results is an array");
+        let lines = text.lines();
+        assert_eq!(results.len(), lines.len(), "{json:#}\n{text:?}");
+        for (result, line) in results.iter().zip(&lines) {
+            let object = format!(
+                "{}/{}/{}",
+                result["namespace"].as_str().expect("namespace"),
+                result["kind"].as_str().expect("kind"),
+                result["name"].as_str().expect("name")
+            );
+            let verdict = result["verdict"].as_str().expect("verdict");
+            let rest = line
+                .strip_prefix(&format!("{verdict} {object}"))
+                .unwrap_or_else(|| panic!("{result} is not the line {line:?}"));
+            match verdict {
+                "DENIED" | "SKIPPED" => {
+                    assert_eq!(
+                        Some(rest),
+                        result["reason"]
+                            .as_str()
+                            .map(|r| format!(": {r}"))
+                            .as_deref()
+                    )
+                }
+                "ALLOWED" => match result["assignment"].as_object() {
+                    Some(assignment) => {
+                        let mut expected = format!(
+                            " gpu={} mode={}",
+                            assignment["gpu"].as_u64().expect("gpu is a number"),
+                            assignment["mode"].as_str().expect("mode")
+                        );
+                        if let Some(percentage) = assignment.get("mpsPercentage") {
+                            expected.push_str(&format!(" {percentage}%"));
+                        }
+                        assert_eq!(rest, expected, "{result}");
+                    }
+                    None => assert!(!rest.contains("gpu="), "{result} vs {line}"),
+                },
+                other => panic!("unknown verdict {other}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn output_json_names_the_assignment_fields() {
+    let (run, json) = check_json(&[
+        "--policy",
+        &mps_policy(),
+        "--gpus",
+        "2",
+        &fixture("check-allowed.yaml"),
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(
+        json["results"][0],
+        serde_json::json!({
+            "verdict": "ALLOWED", "namespace": "vision", "kind": "Deployment", "name": "inference",
+            "assignment": {"gpu": 1, "mode": "mps", "mpsPercentage": 20}, "warnings": []
+        })
+    );
+    assert_eq!(json["results"][1]["assignment"]["mode"], "time-slicing");
+    assert!(json["results"][1]["assignment"]
+        .get("mpsPercentage")
+        .is_none());
+    assert_eq!(json["results"][2]["assignment"], Value::Null);
+}
+
+#[test]
+fn output_json_on_unreadable_input_exits_2_with_an_error_object() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("absent.yaml");
+    let (run, json) = check_json(&[missing.to_str().expect("UTF-8 path")]);
+    assert_eq!(run.code, 2, "{run:?}");
+    let error = json["error"].as_str().expect("an error string");
+    assert!(error.contains("absent.yaml"), "{json}");
+    assert!(run.stderr.contains("absent.yaml"), "{run:?}");
+
+    let (run, json) = check_json(&[
+        "--policy",
+        &fixture("policy-invalid.yaml"),
+        &fixture("check-allowed.yaml"),
+    ]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(json["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("policy-invalid.yaml")));
+}

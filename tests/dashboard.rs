@@ -268,3 +268,64 @@ async fn every_metric_the_dashboard_queries_is_exported() {
         missing.join("\n")
     );
 }
+
+/// The GPU panels draw the limit of the policy in force (exported by the server), not a constant
+/// that is right only for the default policy.
+#[test]
+fn the_gpu_panels_draw_the_policys_limits() {
+    let dashboard = dashboard();
+    for (title, limit) in [
+        (
+            "Committed MPS percentage",
+            "gpushare_policy_max_mps_percentage_per_gpu",
+        ),
+        ("Client processes", "gpushare_policy_max_clients_per_gpu"),
+        (
+            "Committed MPS percentage over time",
+            "gpushare_policy_max_mps_percentage_per_gpu",
+        ),
+        (
+            "Client processes over time",
+            "gpushare_policy_max_clients_per_gpu",
+        ),
+    ] {
+        let panel = panels(&dashboard)
+            .into_iter()
+            .find(|p| p["title"] == title)
+            .unwrap_or_else(|| panic!("a panel {title:?}"));
+        let limit_query = panel["targets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|t| {
+                t["expr"]
+                    .as_str()
+                    .is_some_and(|e| metric_names(e).contains(&limit.to_string()))
+            })
+            .unwrap_or_else(|| panic!("panel {title:?} must query {limit}"));
+        if panel["type"] == "bargauge" {
+            let defaults = &panel["fieldConfig"]["defaults"];
+            assert_eq!(
+                defaults["thresholds"]["mode"], "percentage",
+                "{title}: thresholds are shares of the limit"
+            );
+            let maps_max = panel["transformations"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|t| {
+                    t["id"] == "configFromData"
+                        && t["options"]["configRefId"] == limit_query["refId"]
+                        && t["options"]["mappings"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .any(|m| m["handlerKey"] == "max")
+                });
+            assert!(
+                maps_max,
+                "{title}: the limit query must set the gauge's max"
+            );
+        }
+    }
+}

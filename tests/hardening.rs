@@ -1,5 +1,6 @@
 //! Production hardening, tested on the real binary: certificate rotation without a restart,
-//! optional mTLS, slow clients, and graceful shutdown on SIGTERM.
+//! optional mTLS with health and metrics on their own plain-HTTP port, slow clients, and graceful
+//! shutdown on SIGTERM.
 
 mod common;
 
@@ -234,6 +235,104 @@ async fn with_a_client_ca_only_clients_it_signed_are_served() {
         Ok("HTTP/1.1 200 OK"),
         "the API server's certificate is served"
     );
+}
+
+/// One HTTP/1.1 POST of an AdmissionReview over a fresh TLS connection, as `get`.
+async fn post_review(connector: &TlsConnector, server: &Server) -> Result<String, String> {
+    let tcp = TcpStream::connect(server.addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = ServerName::try_from("localhost").expect("a DNS name");
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let body = Review::create(web(&[])).to_json().to_string();
+    let request = format!(
+        "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tls.write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut response = Vec::new();
+    tls.read_to_end(&mut response)
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&response).to_string();
+    text.lines()
+        .next()
+        .filter(|l| l.starts_with("HTTP/"))
+        .map(str::to_string)
+        .ok_or(format!("no HTTP answer: {text:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_client_ca_probes_and_scrapes_need_no_certificate_on_the_health_port() {
+    let certs = Certs::new();
+    let dir = certs.dir.path().to_path_buf();
+    let (api_ca, api_chain, api_key) = client_identity(&dir, "apiserver");
+    let server_ca = certs.ca();
+    let client_ca = api_ca.to_str().expect("UTF-8").to_string();
+    let server = tokio::task::spawn_blocking(move || {
+        Server::start_with(certs, &["--gpus", "2"], &["--client-ca", &client_ca])
+    })
+    .await
+    .expect("starts");
+
+    // The kubelet's probes and a plain Prometheus scrape: HTTP, no certificate.
+    assert_eq!(server.get_health("/healthz").await, (200, "ok".into()));
+    assert_eq!(server.get_health("/readyz").await, (200, "ok".into()));
+    let (status, metrics) = server.get_health("/metrics").await;
+    assert_eq!(status, 200, "{metrics}");
+    assert!(
+        metrics.contains("gpushare_build_info{version=\""),
+        "{metrics}"
+    );
+    // Nothing else is served there.
+    assert_eq!(server.get_health("/mutate").await.0, 404);
+    assert_eq!(server.get_health("/status").await.0, 404);
+
+    // The webhook port still asks every client for a certificate its CA signed.
+    let anonymous = post_review(&client(roots(&[&server_ca]), None), &server).await;
+    assert!(
+        anonymous.is_err(),
+        "/mutate without a client certificate: refused, got {anonymous:?}"
+    );
+    let apiserver = post_review(
+        &client(roots(&[&server_ca]), Some((api_chain, api_key))),
+        &server,
+    )
+    .await;
+    assert_eq!(apiserver.as_deref(), Ok("HTTP/1.1 200 OK"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_turns_readiness_off_on_the_health_port_and_stops_both_listeners() {
+    let mut server = tokio::task::spawn_blocking(|| Server::start(&["--drain-delay", "1"]))
+        .await
+        .expect("starts");
+    let (webhook, health) = (server.addr, server.health_addr);
+    server.terminate();
+    let started = Instant::now();
+    while server.get_health("/readyz").await.0 != 503 {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "/readyz on the health port did not turn 503 after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = tokio::task::spawn_blocking(move || server.wait_exit(DEADLINE))
+        .await
+        .expect("waits");
+    assert!(status.success(), "{status:?}");
+    for addr in [webhook, health] {
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "{addr} still accepts connections after exit"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

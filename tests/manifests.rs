@@ -628,15 +628,29 @@ fn deployment_runs_two_hardened_replicas_with_probes() {
             security["privileged"].is_null() || security["privileged"] == false,
             "container {cname} must not be privileged"
         );
-        for probe in ["readinessProbe", "livenessProbe"] {
+        // Plain HTTP on the health port: the kubelet presents no client certificate, which the
+        // webhook port requires with --client-ca.
+        let health_port = container["ports"]
+            .as_array()
+            .and_then(|ports| ports.iter().find(|p| p["name"] == "health"))
+            .unwrap_or_else(|| panic!("container {cname} must declare a port named health"));
+        let args = strings(&container["args"]);
+        let listen = format!("0.0.0.0:{}", health_port["containerPort"]);
+        assert!(
+            args.windows(2)
+                .any(|w| w == ["--health-listen", listen.as_str()]),
+            "container {cname} must serve health on its health port: {args:?}"
+        );
+        for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
             let get = &container[probe]["httpGet"];
             assert!(
                 get.is_object(),
                 "container {cname} must have an HTTP {probe}"
             );
             assert_eq!(
-                get["scheme"], "HTTPS",
-                "container {cname}'s {probe} must use HTTPS"
+                (&get["scheme"], &get["port"]),
+                (&Value::from("HTTP"), &Value::from("health")),
+                "container {cname}'s {probe} must use the plain-HTTP health port"
             );
         }
         assert_eq!(
@@ -884,6 +898,20 @@ fn rbac_is_least_privilege() {
 // ---------------------------------------------------------------------------------------
 // The policy ConfigMap
 // ---------------------------------------------------------------------------------------
+
+/// `gpushare status` and `apply` find the policy of an install of any name by this label (the
+/// kustomization adds app.kubernetes.io/part-of, checked against the CLI's selector in chart.rs).
+#[test]
+fn policy_config_map_is_labelled_as_the_policy() {
+    let config_map = the("ConfigMap", "gpushare-policy");
+    assert!(
+        gpushare::cluster::policy_configmap::LABELS.contains("app.kubernetes.io/component=policy")
+    );
+    assert_eq!(
+        config_map["metadata"]["labels"]["app.kubernetes.io/component"], "policy",
+        "{config_map}"
+    );
+}
 
 #[test]
 fn policy_config_map_holds_the_default_policy() {

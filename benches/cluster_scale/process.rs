@@ -39,7 +39,7 @@ impl Server {
         };
         command
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0"])
             .arg("--tls-cert")
             .arg(certs.join("tls.crt"))
             .arg("--tls-key")

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::cli::args::ApplyArgs;
 use crate::cli::check::{self, Document, Report};
+use crate::cli::kubeconfig;
 use crate::cli::policy_file::read_policy;
 use crate::cluster::live::{self, Fallbacks};
 use crate::core::workload::Kind;
@@ -51,7 +52,9 @@ pub async fn apply(args: ApplyArgs) -> Result<Applied, ApplyError> {
         .transpose()
         .map_err(ApplyError::Cluster)?;
     let documents = check::load(&args.files)?;
-    let client = live::connect().await.map_err(ApplyError::Cluster)?;
+    let client = kubeconfig::client(&args.cluster, "`gpushare check FILE...` decides offline")
+        .await
+        .map_err(ApplyError::Cluster)?;
     let namespace = target_namespace(
         &documents,
         args.namespace.as_deref(),
@@ -62,7 +65,12 @@ pub async fn apply(args: ApplyArgs) -> Result<Applied, ApplyError> {
         policy: fixed_policy,
         gpus: args.gpus,
     };
-    let read = live::read(&client, &namespace, &args.policy_configmap, fallbacks);
+    let read = live::read(
+        &client,
+        &namespace,
+        args.policy_configmap.as_deref(),
+        fallbacks,
+    );
     let view = match tokio::time::timeout(READ_TIMEOUT, read).await {
         Ok(view) => view.map_err(ApplyError::Cluster)?,
         Err(_) => {

@@ -58,6 +58,21 @@ pub enum Command {
     /// Decide manifests against the live cluster and, only when all are allowed, apply them
     /// mutated with server-side apply (for users who may not register webhooks).
     Apply(ApplyArgs),
+    /// Print the version.
+    Version,
+    /// Print a shell completion script, e.g. `source <(gpushare completion bash)`.
+    Completion(CompletionArgs),
+}
+
+/// The cluster a command talks to, found as kubectl finds it.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ClusterArgs {
+    /// Kubeconfig file (default: KUBECONFIG, then ~/.kube/config, then the pod's ServiceAccount).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (default: its current-context).
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -71,6 +86,10 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0:8443")]
     pub listen: SocketAddr,
+    /// Plain-HTTP address for GET /healthz, /readyz and /metrics: never asks for a client
+    /// certificate, so probes and Prometheus work when --client-ca is set.
+    #[arg(long, default_value = "0.0.0.0:8081")]
+    pub health_listen: SocketAddr,
     /// Serving certificate (PEM); re-read when the file changes.
     #[arg(long, default_value = "certs/tls.crt")]
     pub tls_cert: PathBuf,
@@ -84,8 +103,10 @@ pub struct ServeArgs {
     #[arg(long)]
     pub policy: Option<PathBuf>,
     /// Run without a cluster: one implicit node named `standalone`.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["kubeconfig", "context"])]
     pub standalone: bool,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// GPU count of the standalone node.
     #[arg(long)]
     pub gpus: Option<u32>,
@@ -114,7 +135,10 @@ pub struct ServeArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CheckOutput {
+    /// Every object (mutated where allowed); verdicts go to stderr.
     Yaml,
+    /// One object `{"results": [...]}`, one entry per verdict.
+    Json,
 }
 
 #[derive(Debug, Args)]
@@ -122,7 +146,7 @@ pub struct CheckArgs {
     /// YAML or JSON files, or `-` for standard input.
     #[arg(required = true)]
     pub files: Vec<String>,
-    /// `yaml`: print every object (mutated where allowed); verdicts go to stderr.
+    /// Output format instead of the verdict lines.
     #[arg(short = 'o', long = "output", value_enum)]
     pub output: Option<CheckOutput>,
     #[arg(long)]
@@ -146,9 +170,12 @@ pub struct ApplyArgs {
     /// GPU count of one implicit node, used when the nodes are not readable.
     #[arg(long)]
     pub gpus: Option<u32>,
-    /// The policy ConfigMap, as NAMESPACE/NAME.
-    #[arg(long, default_value = "gpushare-system/gpushare-policy")]
-    pub policy_configmap: String,
+    /// The policy ConfigMap, as NAMESPACE/NAME (default: gpushare-system/gpushare-policy, else
+    /// the one a Helm release labelled app.kubernetes.io/component=policy).
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub policy_configmap: Option<String>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 #[derive(Debug, Args)]
@@ -176,7 +203,7 @@ pub enum StatusOutput {
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Read manifests instead of the cluster (the same numbers as `check`).
-    #[arg(long)]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["kubeconfig", "context", "policy_configmap"])]
     pub from: Vec<String>,
     #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
     pub output: StatusOutput,
@@ -185,9 +212,17 @@ pub struct StatusArgs {
     /// GPU count of the implicit node, with --from.
     #[arg(long)]
     pub gpus: Option<u32>,
-    /// The policy ConfigMap, as NAMESPACE/NAME.
-    #[arg(long, default_value = "gpushare-system/gpushare-policy")]
-    pub policy_configmap: String,
+    /// The policy ConfigMap, as NAMESPACE/NAME (default: gpushare-system/gpushare-policy, else
+    /// the one a Helm release labelled app.kubernetes.io/component=policy).
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub policy_configmap: Option<String>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    pub shell: clap_complete::Shell,
 }
 
 #[cfg(test)]

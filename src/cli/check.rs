@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::core::annotations;
+use crate::core::claim::Assigned;
 use crate::core::decision::{self, Operation, Request};
 use crate::core::inventory::Inventory;
 use crate::core::policy::Policy;
@@ -165,20 +166,55 @@ impl Mark {
     }
 }
 
+/// Which object a verdict is about, as the line names it (`<namespace>/<Kind>/<name>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectName {
+    pub namespace: String,
+    pub kind: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjectName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.namespace, self.kind, self.name)
+    }
+}
+
+/// What a verdict says beyond its mark.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Detail {
+    /// Allowed, holding this GPU.
+    Assigned(Assigned),
+    /// Allowed without a GPU: unmanaged, excluded namespace, finished.
+    Allowed(String),
+    /// Why it is denied or skipped.
+    Reason(String),
+}
+
 /// The verdict on one object: `ALLOWED <namespace>/<Kind>/<name> ...`, `DENIED ...: <reason>`
 /// or `SKIPPED ...: <why>`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Line {
     pub mark: Mark,
+    pub object: ObjectName,
+    pub detail: Detail,
+    /// The line as printed.
     pub text: String,
     pub warnings: Vec<String>,
 }
 
 impl Line {
-    fn new(mark: Mark, object: &str, rest: String) -> Line {
+    fn new(mark: Mark, object: &ObjectName, detail: Detail) -> Line {
+        let text = match &detail {
+            Detail::Assigned(assigned) => format!("{} {object} {assigned}", mark.as_str()),
+            Detail::Allowed(summary) => format!("{} {object} {summary}", mark.as_str()),
+            Detail::Reason(reason) => format!("{} {object}: {reason}", mark.as_str()),
+        };
         Line {
             mark,
-            text: format!("{} {object}{rest}", mark.as_str()),
+            object: object.clone(),
+            detail,
+            text,
             warnings: Vec::new(),
         }
     }
@@ -254,21 +290,25 @@ fn check_one(
 ) -> (Value, Option<Line>) {
     let (api_version, kind_name) = (text_at(&value, "/apiVersion"), text_at(&value, "/kind"));
     let name = text_at(&value, "/metadata/name").to_string();
-    let object = format!("{}/{kind_name}/{name}", namespace_of(&value));
+    let object = ObjectName {
+        namespace: namespace_of(&value).to_string(),
+        kind: kind_name.to_string(),
+        name: name.clone(),
+    };
     let Some(kind) = Kind::from_api_version(api_version, kind_name) else {
         let line = has_gpushare_annotations(&value).then(|| {
             Line::new(
                 Mark::Skipped,
                 &object,
-                format!(
-                    ": {api_version} {kind_name} is not a kind gpushare examines ({EXAMINED}); its gpushare.io/ \
+                Detail::Reason(format!(
+                    "{api_version} {kind_name} is not a kind gpushare examines ({EXAMINED}); its gpushare.io/ \
                      annotations have no effect"
-                ),
+                )),
             )
         });
         return (value, line);
     };
-    let denied = |message: String| Some(Line::new(Mark::Denied, &object, format!(": {message}")));
+    let denied = |message: String| Some(Line::new(Mark::Denied, &object, Detail::Reason(message)));
     if name.is_empty() {
         let line = denied(format!("metadata.name is missing; give the {kind} a name"));
         return (value, line);
@@ -308,25 +348,25 @@ fn check_one(
                 Line::new(
                     Mark::Skipped,
                     &object,
-                    format!(
-                        ": owned by its controller {controller}, whose pod template gpushare examines instead"
-                    ),
+                    Detail::Reason(format!(
+                        "owned by its controller {controller}, whose pod template gpushare examines instead"
+                    )),
                 )
             });
             return (value, line);
         }
         Outcome::Assigned(claim) => {
-            let summary = claim.assigned.to_string();
+            let assigned = claim.assigned;
             inventory.hold(claim);
-            summary
+            Detail::Assigned(assigned)
         }
-        Outcome::Excluded => "namespace excluded by policy".into(),
-        Outcome::Finished => "finished: holds no GPU".into(),
-        Outcome::Unmanaged | Outcome::Released => "unmanaged".into(),
+        Outcome::Excluded => Detail::Allowed("namespace excluded by policy".into()),
+        Outcome::Finished => Detail::Allowed("finished: holds no GPU".into()),
+        Outcome::Unmanaged | Outcome::Released => Detail::Allowed("unmanaged".into()),
     };
     let line = Line {
         warnings: mutation.warnings,
-        ..Line::new(Mark::Allowed, &object, format!(" {summary}"))
+        ..Line::new(Mark::Allowed, &object, summary)
     };
     (value, Some(line))
 }

@@ -12,9 +12,9 @@ use crate::cli::apply::ApplyError;
 use crate::cli::args::{
     ApplyArgs, CertsArgs, CheckArgs, CheckOutput, LogFormat, ServeArgs, StatusArgs, StatusOutput,
 };
-use crate::cli::check;
 use crate::cli::log_buffer;
 use crate::cli::policy_file::{self, read_policy};
+use crate::cli::{check, check_json, kubeconfig};
 use crate::core::inventory::Inventory;
 use crate::core::policy::Policy;
 use crate::core::status;
@@ -60,6 +60,11 @@ fn policy_or_default(path: Option<&Path>) -> anyhow::Result<Policy> {
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    tracing::info!(
+        version = crate::VERSION,
+        "gpushare {} starting",
+        crate::VERSION
+    );
     tls::install_default_provider();
     let metrics = Arc::new(Metrics::new());
     let cert = Arc::new(ReloadingCert::load(&args.tls_cert, &args.tls_key).with_context(|| {
@@ -95,6 +100,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             });
         }
         let view = backend.clone();
+        metrics.follow_policy(move || Arc::new(view.snapshot().0));
+        let view = backend.clone();
         status_source = StatusSource {
             label: "standalone: each request is checked on its own, nothing is stored, so usage stays 0".into(),
             rows: Arc::new(move || {
@@ -105,14 +112,26 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         backend
     } else {
         let fixed_policy = args.policy.as_deref().map(read_policy).transpose()?;
-        let backend =
-            crate::cluster::start(&args.policy_configmap, fixed_policy, metrics.clone()).await?;
+        let client = kubeconfig::client(
+            &args.cluster,
+            "run with --standalone to serve without a cluster",
+        )
+        .await?;
+        let backend = crate::cluster::start(
+            client,
+            &args.policy_configmap,
+            fixed_policy,
+            metrics.clone(),
+        )
+        .await?;
         if let Some(path) = &args.policy {
             let target = backend.state.clone();
             policy_file::watch(path.clone(), POLICY_FILE_POLL, metrics.clone(), move |p| {
                 target.set_policy(p)
             });
         }
+        let view = backend.state.clone();
+        metrics.follow_policy(move || view.policy());
         let view = backend.state.clone();
         status_source = StatusSource {
             label: "cluster, as this replica's caches see it".into(),
@@ -124,11 +143,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         backend
     };
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let webhook = tokio::net::TcpListener::bind(args.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let address = listener.local_addr()?;
-    tracing::info!("listening on https://{address}");
+        .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
+    let health = tokio::net::TcpListener::bind(args.health_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--health-listen)", args.health_listen))?;
+    // The health address first: tests read both, and stop reading at the webhook's.
+    tracing::info!(
+        "serving /healthz, /readyz and /metrics on http://{}",
+        health.local_addr()?
+    );
+    tracing::info!("listening on https://{}", webhook.local_addr()?);
     let state = Arc::new(AppState {
         service: AdmissionService {
             backend,
@@ -146,7 +172,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         header_timeout: Duration::from_secs_f64(args.header_timeout.max(0.1)),
         ..Limits::default()
     };
-    server::serve(listener, tls_config, state, limits, shutdown_signal()).await;
+    let listeners = server::Listeners {
+        webhook,
+        health: Some(health),
+    };
+    server::serve(listeners, tls_config, state, limits, shutdown_signal()).await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -161,19 +191,34 @@ async fn shutdown_signal() {
 }
 
 pub fn check(args: CheckArgs) -> ExitCode {
+    let json = args.output == Some(CheckOutput::Json);
+    // With -o json, scripts read the reason from stdout too.
+    let give_up = |error: anyhow::Error| {
+        if json {
+            println!("{}", check_json::error(&format!("{error:#}")));
+        }
+        fail(&error)
+    };
     let policy = match policy_or_default(args.policy.as_deref()) {
         Ok(policy) => policy,
-        Err(error) => return fail(&error),
+        Err(error) => return give_up(error),
     };
     let documents = match check::load(&args.files) {
         Ok(documents) => documents,
-        Err(error) => return fail(&error.into()),
+        Err(error) => return give_up(error.into()),
     };
     let report = check::check(documents, &policy, Inventory::standalone(args.gpus));
-    let to_stderr = args.output == Some(CheckOutput::Yaml);
-    print_verdicts(&report, to_stderr);
-    if to_stderr {
-        print!("{}", check::to_yaml(&report.objects));
+    match args.output {
+        None => print_verdicts(&report, false),
+        Some(CheckOutput::Yaml) => {
+            print_verdicts(&report, true);
+            print!("{}", check::to_yaml(&report.objects));
+        }
+        Some(CheckOutput::Json) => println!(
+            "{}",
+            serde_json::to_string_pretty(&check_json::results(&report))
+                .expect("a JSON value serializes")
+        ),
     }
     if report.all_allowed() {
         ExitCode::SUCCESS
@@ -241,13 +286,14 @@ pub fn certs(args: CertsArgs) -> ExitCode {
 }
 
 pub async fn status(args: StatusArgs) -> ExitCode {
+    let mut notes = Vec::new();
     let result = if args.from.is_empty() {
-        // The kube client retries some failures by itself; a status query must still end.
         let fixed_policy = match args.policy.as_deref().map(read_policy).transpose() {
             Ok(policy) => policy,
             Err(error) => return fail(&error),
         };
-        let read = crate::cluster::snapshot(&args.policy_configmap, fixed_policy);
+        // The kube client retries some failures by itself; a status query must still end.
+        let read = read_cluster(&args, fixed_policy, &mut notes);
         match tokio::time::timeout(STATUS_TIMEOUT, read).await {
             Ok(result) => result,
             Err(_) => Err(anyhow::anyhow!(
@@ -258,13 +304,19 @@ pub async fn status(args: StatusArgs) -> ExitCode {
         policy_or_default(args.policy.as_deref()).and_then(|policy| {
             let documents = check::load(&args.from)?;
             let report = check::check(documents, &policy, Inventory::standalone(args.gpus));
-            Ok((policy, report.inventory))
+            Ok((policy, report.inventory, Vec::new()))
         })
     };
-    let (policy, inventory) = match result {
+    for note in &notes {
+        eprintln!("note: {note}");
+    }
+    let (policy, inventory, warnings) = match result {
         Ok(found) => found,
         Err(error) => return fail(&error),
     };
+    for warning in &warnings {
+        eprintln!("warning: {warning}");
+    }
     let rows = status::rows(&inventory, &policy);
     match args.output {
         StatusOutput::Table => print!("{}", status::render_table(&rows)),
@@ -285,6 +337,30 @@ pub async fn status(args: StatusArgs) -> ExitCode {
             print!("{}", status_page::render(&rows, &options));
         }
     }
+    ExitCode::SUCCESS
+}
+
+/// The policy and claims of the cluster, and the warnings about webhooks it cannot call.
+async fn read_cluster(
+    args: &StatusArgs,
+    fixed_policy: Option<Policy>,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<(Policy, Inventory, Vec<String>)> {
+    let client = kubeconfig::client(
+        &args.cluster,
+        "pass --from FILE to show the allocation of manifests instead",
+    )
+    .await?;
+    let configmap = args.policy_configmap.as_deref();
+    let (policy, inventory) =
+        crate::cluster::snapshot(&client, configmap, fixed_policy, notes).await?;
+    let trust = crate::cluster::webhook_trust::check(&client).await;
+    notes.extend(trust.notes);
+    Ok((policy, inventory, trust.warnings))
+}
+
+pub fn version() -> ExitCode {
+    println!("gpushare {}", crate::VERSION);
     ExitCode::SUCCESS
 }
 

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use anyhow::Context as _;
-use k8s_openapi::api::core::v1::{ConfigMap, Node};
+use k8s_openapi::api::core::v1::Node;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::core::{DynamicObject, GroupVersionKind};
 use kube::discovery::{self, Scope};
@@ -14,7 +14,7 @@ use kube::{Api, Client};
 use serde_json::Value;
 
 use super::stored::StoredWorkload;
-use super::{configmap_ref, convert, watch, WATCHED};
+use super::{convert, policy_configmap, watch, WATCHED};
 use crate::core::claim::Claim;
 use crate::core::decision::made_by_controller;
 use crate::core::inventory::Inventory;
@@ -45,13 +45,6 @@ pub struct Fallbacks {
     pub gpus: Option<u32>,
 }
 
-/// A client from KUBECONFIG, `~/.kube/config` or the pod's ServiceAccount, as kubectl would find it.
-pub async fn connect() -> anyhow::Result<Client> {
-    Client::try_default().await.context(
-        "no cluster configuration (KUBECONFIG, ~/.kube/config or in-cluster); `gpushare check` decides offline",
-    )
-}
-
 fn forbidden(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if status.code == 403)
 }
@@ -60,13 +53,13 @@ fn forbidden(error: &kube::Error) -> bool {
 pub async fn read(
     client: &Client,
     namespace: &str,
-    policy_configmap: &str,
+    policy_configmap: Option<&str>,
     fallbacks: Fallbacks,
 ) -> anyhow::Result<LiveView> {
     let mut notes = Vec::new();
     let policy = match fallbacks.policy {
         Some(policy) => policy,
-        None => read_policy(client, policy_configmap, &mut notes).await?,
+        None => policy_configmap::read(client, policy_configmap, &mut notes).await?,
     };
     let mut inventory = match Api::<Node>::all(client.clone())
         .list(&ListParams::default())
@@ -142,32 +135,6 @@ pub async fn read(
         stored,
         notes,
     })
-}
-
-async fn read_policy(
-    client: &Client,
-    configmap: &str,
-    notes: &mut Vec<String>,
-) -> anyhow::Result<Policy> {
-    let (namespace, name) = configmap_ref(configmap)?;
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
-    match api.get_opt(&name).await {
-        Ok(Some(cm)) => Ok(watch::parse_policy(&cm).unwrap_or_else(|error| {
-            notes.push(format!(
-                "the policy ConfigMap {namespace}/{name} is invalid ({error}): deciding with the embedded default"
-            ));
-            Policy::default()
-        })),
-        Ok(None) => Ok(Policy::default()),
-        Err(error) if forbidden(&error) => {
-            notes.push(format!(
-                "you may not read the policy ConfigMap {namespace}/{name}: deciding with the embedded default \
-                 policy; pass --policy FILE with your cluster's policy"
-            ));
-            Ok(Policy::default())
-        }
-        Err(error) => Err(error).context("cannot read the policy ConfigMap"),
-    }
 }
 
 /// Applies `object` with server-side apply (field manager `gpushare`, conflicts forced, as

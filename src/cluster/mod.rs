@@ -6,14 +6,16 @@ pub mod commit;
 mod convert;
 pub mod ledger;
 pub mod live;
+pub mod policy_configmap;
 mod state;
 mod stored;
 mod watch;
+pub mod webhook_trust;
 
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use k8s_openapi::api::core::v1::{ConfigMap, Node};
+use k8s_openapi::api::core::v1::Node;
 use kube::api::ListParams;
 use kube::{Api, Client};
 
@@ -42,21 +44,15 @@ pub fn configmap_ref(value: &str) -> anyhow::Result<(String, String)> {
     }
 }
 
-async fn client() -> anyhow::Result<Client> {
-    Client::try_default()
-        .await
-        .context("no cluster configuration (KUBECONFIG, ~/.kube/config or in-cluster); run with --standalone to serve without a cluster")
-}
-
 /// Starts the watchers and the reconciler and returns the backend admissions use. Does not wait
 /// for the API server: readiness turns on once every cache has synced.
 pub async fn start(
+    client: Client,
     configmap: &str,
     fixed_policy: Option<Policy>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Arc<ClusterBackend>> {
     let (namespace, name) = configmap_ref(configmap)?;
-    let client = client().await?;
     let state = Arc::new(ClusterState::new(
         fixed_policy.clone().unwrap_or_default(),
         &WATCHED,
@@ -97,29 +93,17 @@ pub async fn start(
     Ok(Arc::new(ClusterBackend { state, committer }))
 }
 
-/// Reads the cluster once, for `gpushare status`.
+/// Reads the cluster once, for `gpushare status`; `configmap` is `--policy-configmap`, and what
+/// stands in for what could not be read is said in `notes`.
 pub async fn snapshot(
-    configmap: &str,
+    client: &Client,
+    configmap: Option<&str>,
     fixed_policy: Option<Policy>,
+    notes: &mut Vec<String>,
 ) -> anyhow::Result<(Policy, Inventory)> {
-    let (namespace, name) = configmap_ref(configmap)?;
-    let client = client().await?;
     let policy = match fixed_policy {
         Some(policy) => policy,
-        None => {
-            let api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
-            match api
-                .get_opt(&name)
-                .await
-                .context("cannot read the policy ConfigMap")?
-            {
-                Some(cm) => watch::parse_policy(&cm).unwrap_or_else(|error| {
-                    eprintln!("warning: the policy ConfigMap {namespace}/{name} is invalid ({error}); showing the embedded default");
-                    Policy::default()
-                }),
-                None => Policy::default(),
-            }
-        }
+        None => policy_configmap::read(client, configmap, notes).await?,
     };
     let nodes = Api::<Node>::all(client.clone())
         .list(&ListParams::default())

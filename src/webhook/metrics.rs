@@ -1,5 +1,7 @@
 //! Prometheus metrics, with conventional names, rendered in the text exposition format at `/metrics`.
 
+use std::sync::{Arc, OnceLock};
+
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -7,6 +9,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use crate::core::domain::Mode;
+use crate::core::policy::Policy;
 
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
@@ -48,6 +53,26 @@ pub struct CacheLabels {
     pub cache: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModeLabels {
+    mode: &'static str,
+}
+
+/// Where the policy in force is read at each scrape.
+type PolicySource = Box<dyn Fn() -> Arc<Policy> + Send + Sync>;
+
+/// Upper bounds of the admission latency buckets: 50 µs doubling to ~3.3 s (admission is
+/// expected well under a millisecond), then the webhook's 5 s timeout and 10 s, so that a slow
+/// answer the API server gave up on still lands in a bucket of its own.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 17).chain([5.0, 10.0])
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
@@ -60,6 +85,9 @@ pub struct Metrics {
     pub gpu_committed_percentage: Family<GpuLabels, Gauge>,
     pub gpu_clients: Family<GpuLabels, Gauge>,
     pub modules: Family<KindLabels, Gauge>,
+    policy_max_mps_percentage: Gauge,
+    policy_max_clients: Family<ModeLabels, Gauge>,
+    policy_source: OnceLock<PolicySource>,
 }
 
 impl Default for Metrics {
@@ -77,10 +105,18 @@ impl Metrics {
             "Admission reviews answered, by operation, kind, decision and reason",
             requests.clone(),
         );
-        // Buckets from 50 µs to ~1.6 s: admission is expected well under a millisecond.
-        let latency = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-            0.00005, 2.0, 16,
-        ));
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: crate::VERSION,
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "Always 1; the label is the version of the running gpushare",
+            build_info,
+        );
+        let latency = Histogram::new(latency_buckets());
         registry.register(
             "admission_duration_seconds",
             "Time to answer one admission review",
@@ -134,8 +170,23 @@ impl Metrics {
             "Modules holding a GPU, by workload kind",
             modules.clone(),
         );
-        Metrics {
+        let policy_max_mps_percentage = Gauge::default();
+        registry.register(
+            "policy_max_mps_percentage_per_gpu",
+            "The policy's maxMpsPercentagePerGpu: the cap on the committed MPS percentage of one GPU (0 = no cap)",
+            policy_max_mps_percentage.clone(),
+        );
+        let policy_max_clients = Family::<ModeLabels, Gauge>::default();
+        registry.register(
+            "policy_max_clients_per_gpu",
+            "Client processes one GPU may take, by mode: the policy's maxClientsPerGpu (never above 48 for mps)",
+            policy_max_clients.clone(),
+        );
+        let metrics = Metrics {
             registry,
+            policy_max_mps_percentage,
+            policy_max_clients,
+            policy_source: OnceLock::new(),
             modules,
             requests,
             latency,
@@ -146,11 +197,36 @@ impl Metrics {
             cache_synced,
             gpu_committed_percentage,
             gpu_clients,
+        };
+        // Until a source is set, the embedded default is the policy in force.
+        metrics.publish_policy(&Policy::default());
+        metrics
+    }
+
+    /// Exports the limits of the policy `source` returns, read at each scrape so that they are
+    /// those in force whichever way the policy changed (ConfigMap, file). Set once; later calls
+    /// are ignored.
+    pub fn follow_policy(&self, source: impl Fn() -> Arc<Policy> + Send + Sync + 'static) {
+        let _ = self.policy_source.set(Box::new(source));
+    }
+
+    fn publish_policy(&self, policy: &Policy) {
+        self.policy_max_mps_percentage
+            .set(policy.max_mps_percentage_per_gpu.map_or(0, i64::from));
+        for mode in [Mode::TimeSlicing, Mode::Mps] {
+            self.policy_max_clients
+                .get_or_create(&ModeLabels {
+                    mode: mode.as_str(),
+                })
+                .set(i64::from(policy.max_clients(mode)));
         }
     }
 
     /// The registry in the Prometheus text format.
     pub fn render(&self) -> String {
+        if let Some(source) = self.policy_source.get() {
+            self.publish_policy(&source());
+        }
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out

@@ -1,7 +1,10 @@
-//! The HTTPS server: routes (`/mutate`, `/healthz`, `/readyz`, `/metrics`), and an accept loop
-//! with bounded connections, TLS handshake and header-read timeouts, and graceful shutdown.
+//! The servers: the HTTPS webhook (`/mutate`, `/healthz`, `/readyz`, `/metrics`) and the plain-HTTP
+//! health port (`/healthz`, `/readyz`, `/metrics`, never asking for a client certificate, for the
+//! kubelet's probes and Prometheus when mTLS is on), each an accept loop with bounded connections,
+//! handshake and header-read timeouts, and graceful shutdown.
 
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,8 +21,9 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::webhook::metrics::Metrics;
@@ -63,14 +67,14 @@ pub struct AppState {
     pub status_page: Option<crate::webhook::status_page::StatusSource>,
 }
 
+/// The webhook port's routes: admission, and health and metrics as on the health port.
 pub fn router(state: Arc<AppState>) -> Router {
     let status_page = state.status_page.clone();
-    let router = Router::new()
-        .route("/mutate", post(mutate))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(state);
+    let router = health_router(state.clone()).merge(
+        Router::new()
+            .route("/mutate", post(mutate))
+            .with_state(state),
+    );
     match status_page {
         Some(source) => router.merge(crate::webhook::status_page::router(
             source,
@@ -78,6 +82,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         )),
         None => router,
     }
+}
+
+/// The health port's routes: what the kubelet and Prometheus read.
+fn health_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
 }
 
 /// How often the served status page reloads itself.
@@ -164,37 +177,70 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-/// Serves HTTPS on `listener` until `shutdown` completes: then `/readyz` turns 503, the listener
-/// keeps serving for the drain delay, stops accepting, and in-flight requests get up to the
-/// shutdown timeout to finish.
+/// The sockets `serve` accepts on.
+pub struct Listeners {
+    /// HTTPS: `/mutate`, and health and metrics (behind the client-certificate check with mTLS).
+    pub webhook: TcpListener,
+    /// Plain HTTP: health and metrics only (`--health-listen`).
+    pub health: Option<TcpListener>,
+}
+
+/// Serves until `shutdown` completes: then `/readyz` turns 503 on both ports, both keep serving
+/// for the drain delay, stop accepting, and in-flight requests get up to the shutdown timeout.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Listeners,
     tls: Arc<ServerConfig>,
     state: Arc<AppState>,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let app = router(state.clone());
-    let on_shutdown = {
+    // One drain for both listeners, so they stop accepting together.
+    let (drained, stop) = watch::channel(false);
+    let drain = {
         let state = state.clone();
+        let delay = limits.drain_delay;
         async move {
             shutdown.await;
             state.shutting_down.store(true, Ordering::Relaxed);
+            tracing::info!(drain_delay = ?delay, "shutdown requested: readiness off, still serving");
+            tokio::time::sleep(delay).await;
+            let _ = drained.send(true);
         }
     };
-    serve_app(
-        listener,
-        tls,
-        app,
+    let stopped = |mut stop: watch::Receiver<bool>| async move {
+        // An error means the sender is gone, which happens only after it sent `true`.
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    };
+    let webhook = accept_loop(
+        "webhook",
+        listeners.webhook,
+        TlsAcceptor::from(tls),
+        router(state.clone()),
         state.metrics.clone(),
-        limits,
-        on_shutdown,
-    )
-    .await
+        &limits,
+        stopped(stop.clone()),
+    );
+    let health = async {
+        if let Some(listener) = listeners.health {
+            let app = health_router(state.clone());
+            let metrics = state.metrics.clone();
+            accept_loop(
+                "health",
+                listener,
+                Plain,
+                app,
+                metrics,
+                &limits,
+                stopped(stop),
+            )
+            .await;
+        }
+    };
+    tokio::join!(drain, webhook, health);
 }
 
-/// The accept loop for any router (the benchmark's ceiling reuses it). `shutdown` completing
-/// starts the drain delay.
+/// The HTTPS accept loop for any router (the benchmark's ceiling reuses it). `shutdown`
+/// completing starts the drain delay.
 pub async fn serve_app(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
@@ -203,7 +249,50 @@ pub async fn serve_app(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
+    let stop = async {
+        shutdown.await;
+        tracing::info!(drain_delay = ?limits.drain_delay, "shutdown requested: still serving");
+        tokio::time::sleep(limits.drain_delay).await;
+    };
     let acceptor = TlsAcceptor::from(tls);
+    accept_loop("webhook", listener, acceptor, app, metrics, &limits, stop).await
+}
+
+/// How an accepted connection becomes the stream HTTP is served on: TLS, or plain.
+trait Transport: Clone + Send + 'static {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn handshake(&self, tcp: TcpStream) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+}
+
+impl Transport for TlsAcceptor {
+    type Stream = tokio_rustls::server::TlsStream<TcpStream>;
+    fn handshake(&self, tcp: TcpStream) -> impl Future<Output = io::Result<Self::Stream>> + Send {
+        self.accept(tcp)
+    }
+}
+
+/// Plain HTTP: the health port.
+#[derive(Clone, Copy)]
+struct Plain;
+
+impl Transport for Plain {
+    type Stream = TcpStream;
+    fn handshake(&self, tcp: TcpStream) -> impl Future<Output = io::Result<Self::Stream>> + Send {
+        std::future::ready(Ok(tcp))
+    }
+}
+
+/// Accepts until `stop` completes, then closes the listener and gives in-flight requests up to
+/// the shutdown timeout.
+async fn accept_loop<T: Transport>(
+    name: &'static str,
+    listener: TcpListener,
+    transport: T,
+    app: Router,
+    metrics: Arc<Metrics>,
+    limits: &Limits,
+    stop: impl Future<Output = ()>,
+) {
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -213,42 +302,38 @@ pub async fn serve_app(
         .header_read_timeout(limits.header_timeout);
     builder.http2().timer(TokioTimer::new());
 
-    let drain = async {
-        shutdown.await;
-        tracing::info!(drain_delay = ?limits.drain_delay, "shutdown requested: readiness off, still serving");
-        tokio::time::sleep(limits.drain_delay).await;
-    };
-    tokio::pin!(drain);
+    tokio::pin!(stop);
     loop {
         let permit = tokio::select! {
-            _ = &mut drain => break,
+            _ = &mut stop => break,
             permit = connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
         };
         let (tcp, peer) = tokio::select! {
-            _ = &mut drain => break,
+            _ = &mut stop => break,
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(error) => {
                     // Usually EMFILE: back off instead of spinning.
-                    tracing::warn!(%error, "accept failed");
+                    tracing::warn!(listener = name, %error, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
+        let transport = transport.clone();
         let service = TowerToHyperService::new(app.clone());
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let metrics = metrics.clone();
         let handshake_timeout = limits.handshake_timeout;
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => return handshake_failed(&metrics, peer, &error.to_string()),
-                Err(_) => return handshake_failed(&metrics, peer, "handshake timed out"),
-            };
+            let stream =
+                match tokio::time::timeout(handshake_timeout, transport.handshake(tcp)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => return handshake_failed(&metrics, peer, &error.to_string()),
+                    Err(_) => return handshake_failed(&metrics, peer, "handshake timed out"),
+                };
             let connection = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .into_owned();
@@ -259,12 +344,12 @@ pub async fn serve_app(
         });
     }
     drop(listener);
-    tracing::info!(timeout = ?limits.shutdown_timeout, "stopped accepting; finishing in-flight requests");
+    tracing::info!(listener = name, timeout = ?limits.shutdown_timeout, "stopped accepting; finishing in-flight requests");
     if tokio::time::timeout(limits.shutdown_timeout, graceful.shutdown())
         .await
         .is_err()
     {
-        tracing::warn!("some connections did not finish in time");
+        tracing::warn!(listener = name, "some connections did not finish in time");
     }
 }
 

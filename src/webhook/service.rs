@@ -183,12 +183,12 @@ impl AdmissionService {
                 (Decision::allowed, "scaled")
             }
             Verdict::Allowed(_) => (Decision::allowed, "unmanaged"),
-            Verdict::Denied(_) => (Decision::denied, "denied"),
+            Verdict::Denied(d) => (Decision::denied, d.rule.as_str()),
         };
         self.count("UPDATE", kind.as_str(), decision, outcome);
         tracing::info!(
             uid = %request.uid, object = %key, operation = "UPDATE", subresource = "scale", replicas, dry_run,
-            decision = outcome, denial = match &verdict { Verdict::Denied(d) => Some(d.message.as_str()), _ => None },
+            decision = ?decision, reason = outcome, denial = match &verdict { Verdict::Denied(d) => Some(d.message.as_str()), _ => None },
             latency_us = started.elapsed().as_micros() as u64,
             "admission"
         );

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::client::danger::ServerCertVerifier;
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
@@ -192,4 +194,67 @@ pub fn server_config(
     let mut config = builder.with_cert_resolver(cert);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Whether a client trusting only `ca_bundle` (PEM, as a webhook's `caBundle`) accepts `chain`
+/// (PEM, the serving certificate first) for `host`: the check the API server makes when it calls
+/// the webhook. The error says why not.
+pub fn verify_served(ca_bundle: &[u8], chain: &[u8], host: &str) -> Result<(), String> {
+    let parse = |pem: &[u8], what: &str| {
+        let certs = rustls_pemfile::certs(&mut &pem[..])
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{what} is not PEM: {e}"))?;
+        if certs.is_empty() {
+            return Err(format!("{what} holds no PEM certificate"));
+        }
+        Ok(certs)
+    };
+    let mut roots = RootCertStore::empty();
+    for ca in parse(ca_bundle, "the caBundle")? {
+        roots
+            .add(ca)
+            .map_err(|e| format!("the caBundle holds an unusable certificate: {e}"))?;
+    }
+    let chain = parse(chain, "the serving certificate")?;
+    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(host.to_string()).map_err(|e| format!("{host}: {e}"))?;
+    verifier
+        .verify_server_cert(&chain[0], &chain[1..], &name, &[], UnixTime::now())
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A CA's PEM and a serving chain (PEM) it signed for `host`.
+    fn issued(host: &str) -> (String, String) {
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(ca, ca_key).expect("CA");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let leaf = rcgen::CertificateParams::new(vec![host.to_string()])
+            .expect("params")
+            .signed_by(&key, &ca)
+            .expect("leaf");
+        (ca.pem(), leaf.pem())
+    }
+
+    #[test]
+    fn a_ca_bundle_verifies_only_what_it_signed_for_the_service_name() {
+        let host = "gpushare.gpushare-system.svc";
+        let (ca, chain) = issued(host);
+        let (other_ca, _) = issued(host);
+        assert_eq!(verify_served(ca.as_bytes(), chain.as_bytes(), host), Ok(()));
+        assert!(verify_served(other_ca.as_bytes(), chain.as_bytes(), host).is_err());
+        assert!(
+            verify_served(ca.as_bytes(), chain.as_bytes(), "other.gpushare-system.svc").is_err()
+        );
+        assert!(verify_served(b"not PEM", chain.as_bytes(), host)
+            .is_err_and(|e| e.contains("caBundle")));
+    }
 }

@@ -198,6 +198,8 @@ impl Default for Certs {
 pub struct Server {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// The plain-HTTP health and metrics port (`--health-listen`).
+    pub health_addr: SocketAddr,
     pub certs: Certs,
     log: Arc<Mutex<Vec<String>>>,
     client: reqwest::Client,
@@ -222,12 +224,18 @@ impl Server {
         Server::start_serve(Certs::new(), extra, &[("KUBECONFIG", kubeconfig)])
     }
 
-    /// `serve --listen 127.0.0.1:0 --drain-delay 0.1` with the certificates, `args` and `env`.
+    /// `serve --listen 127.0.0.1:0 --health-listen 127.0.0.1:0 --drain-delay 0.1` with the
+    /// certificates, `args` and `env`.
     pub fn start_serve(certs: Certs, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut command = gpushare();
         command
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
+            .args(if args.contains(&"--health-listen") {
+                &[][..]
+            } else {
+                &["--health-listen", "127.0.0.1:0"][..]
+            })
             .args(if args.contains(&"--drain-delay") {
                 &[][..]
             } else {
@@ -261,11 +269,13 @@ impl Server {
         });
         let mut guard = KillOnDrop(Some(child));
         let started = Instant::now();
+        let mut health_addr = None;
         let addr = loop {
             let left = DEADLINE.saturating_sub(started.elapsed());
             match receiver.recv_timeout(left) {
                 Ok(line) => {
-                    if let Some(addr) = listening_address(&line) {
+                    health_addr = health_addr.or_else(|| address_after(&line, "on http://"));
+                    if let Some(addr) = address_after(&line, "listening on https://") {
                         break addr;
                     }
                 }
@@ -289,6 +299,12 @@ impl Server {
         Server {
             child: guard.0.take(),
             addr,
+            health_addr: health_addr.unwrap_or_else(|| {
+                panic!(
+                    "gpushare serve did not log its health address (`... on http://...`); stderr:\n{}",
+                    log.lock().unwrap_or_else(|e| e.into_inner()).join("\n")
+                )
+            }),
             certs,
             log,
             client,
@@ -336,6 +352,21 @@ impl Server {
 
     pub fn client(&self) -> &reqwest::Client {
         &self.client
+    }
+
+    /// A plain-HTTP GET on the health port: the status and body.
+    pub async fn get_health(&self, path: &str) -> (u16, String) {
+        let response = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(DEADLINE)
+            .build()
+            .expect("reqwest client builds")
+            .get(format!("http://{}{path}", self.health_addr))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET http://.../{path}: {e}; server log:\n{}", self.log()));
+        let status = response.status().as_u16();
+        (status, response.text().await.expect("response body"))
     }
 
     /// Everything the server logged so far.
@@ -416,9 +447,9 @@ impl Drop for Server {
     }
 }
 
-/// `listening on https://127.0.0.1:PORT` -> the address.
-fn listening_address(line: &str) -> Option<SocketAddr> {
-    let rest = &line[line.find("listening on https://")? + "listening on https://".len()..];
+/// The address after `marker` in a log line, e.g. `listening on https://127.0.0.1:PORT`.
+fn address_after(line: &str, marker: &str) -> Option<SocketAddr> {
+    let rest = &line[line.find(marker)? + marker.len()..];
     let end = rest
         .find(|c: char| c.is_whitespace() || c == '"')
         .unwrap_or(rest.len());

@@ -236,7 +236,7 @@ start_webhook() {
   if ! alive gpushare; then
     [[ -x $GPUSHARE ]] || die "$GPUSHARE not built (make build)"
     POD_NAME=gpushare-local KUBECONFIG=$DIR/gpushare.kubeconfig start gpushare "$GPUSHARE" serve \
-      --listen "127.0.0.1:$WEBHOOK_PORT" \
+      --listen "127.0.0.1:$WEBHOOK_PORT" --health-listen 127.0.0.1:0 \
       --tls-cert "$DIR/webhook-certs/tls.crt" --tls-key "$DIR/webhook-certs/tls.key"
   fi
   wait_for "gpushare serve /readyz" 60 webhook_ready || { tail -20 "$DIR/gpushare.log" >&2; return 1; }

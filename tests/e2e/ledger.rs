@@ -29,6 +29,7 @@ impl Replica {
             std::fs::File::create(cluster_dir().join(format!("{name}.log"))).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_gpushare"))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--health-listen", "127.0.0.1:0"])
             .arg("--tls-cert")
             .arg(certs.join("tls.crt"))
             .arg("--tls-key")

@@ -53,7 +53,7 @@
 //! * unknown paths and unknown resources: 404 `Status` JSON.
 //!
 //! Resources served (group/version plural, Kind): `v1 nodes` (cluster), `v1 namespaces` (cluster),
-//! `v1 configmaps`, `v1 pods`, `v1 events`, `apps/v1 deployments`, `replicasets`, `statefulsets`,
+//! `v1 configmaps`, `v1 secrets`, `v1 pods`, `v1 events`, `apps/v1 deployments`, `replicasets`, `statefulsets`,
 //! `daemonsets`, `batch/v1 jobs`, `cronjobs`, `events.k8s.io/v1 events` (namespaced),
 //! `admissionregistration.k8s.io/v1 mutatingwebhookconfigurations` (cluster). Events created or patched
 //! through either events API are also recorded in order for [`FakeApiServer::events`].

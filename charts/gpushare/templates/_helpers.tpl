@@ -27,9 +27,13 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
-{{/* Selects the webhook pods (Deployment, Service, PodDisruptionBudget). Immutable on Deployments. */}}
+{{/*
+Selects the webhook pods (Deployment, Service, PodDisruptionBudget): the instance keeps two releases
+in one namespace apart. Immutable on Deployments (README, "Upgrading").
+*/}}
 {{- define "gpushare.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "gpushare.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: webhook
 {{- end -}}
 
