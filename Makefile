@@ -3,7 +3,7 @@ CARGO ?= cargo
 BIN := target/debug/gpushare
 KUBECTL ?= kubectl
 
-.PHONY: build run test lint fmt certs check-examples deploy undeploy bench clean cluster cluster-down e2e controlplane install
+.PHONY: build run test lint fmt certs check-examples deploy inject-ca undeploy bench clean cluster cluster-down e2e controlplane install
 
 # `make install`: gpushare and the kubectl plugin kubectl-gpushare (a link to it) into BINDIR.
 # PROFILE=dev installs the debug build (fast, for trying it out).
@@ -49,17 +49,29 @@ check-examples: build
 	done
 
 # Deploys to the current kubectl context with fresh certificates in the gpushare-tls Secret
-# and their CA injected as the webhook's caBundle.
+# and their CA injected as the caBundle of every webhook of the configuration.
 deploy: build
-	@tmp=$$(mktemp -d); \
+	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
 	$(BIN) certs --out $$tmp > $$tmp/ca-bundle; \
 	$(KUBECTL) apply -k manifests/; \
 	$(KUBECTL) -n gpushare-system create secret tls gpushare-tls --cert=$$tmp/tls.crt --key=$$tmp/tls.key \
 	  --dry-run=client -o yaml | $(KUBECTL) apply -f -; \
-	bundle=$$(cat $$tmp/ca-bundle); \
-	for i in 0 1; do $(KUBECTL) patch mutatingwebhookconfiguration gpushare --type=json \
-	  -p "[{\"op\":\"add\",\"path\":\"/webhooks/$$i/clientConfig/caBundle\",\"value\":\"$$bundle\"}]"; done; \
-	rm -rf $$tmp
+	$(MAKE) --no-print-directory inject-ca CA_BUNDLE_FILE=$$tmp/ca-bundle
+
+# Sets caBundle on EVERY webhook of WEBHOOK_CONFIGURATION (counted from the stored object, so a
+# webhook added later is never left untrusted) from CA_BUNDLE_FILE (base64 PEM, as `gpushare certs`
+# prints it).
+WEBHOOK_CONFIGURATION ?= gpushare
+inject-ca:
+	@test -s "$(CA_BUNDLE_FILE)" || { echo "inject-ca: CA_BUNDLE_FILE is empty or missing"; exit 1; }
+	@bundle=$$(tr -d '\n' < "$(CA_BUNDLE_FILE)"); \
+	count=$$($(KUBECTL) get mutatingwebhookconfiguration $(WEBHOOK_CONFIGURATION) -o jsonpath='{range .webhooks[*]}x{end}' | wc -c); \
+	test "$$count" -gt 0 || { echo "inject-ca: $(WEBHOOK_CONFIGURATION) has no webhooks"; exit 1; }; \
+	patch=$$(i=0; sep=; printf '['; while [ $$i -lt $$count ]; do \
+	  printf '%s{"op":"add","path":"/webhooks/%d/clientConfig/caBundle","value":"%s"}' "$$sep" $$i "$$bundle"; \
+	  sep=,; i=$$((i + 1)); done; printf ']'); \
+	$(KUBECTL) patch mutatingwebhookconfiguration $(WEBHOOK_CONFIGURATION) --type=json -p "$$patch" >/dev/null; \
+	echo "caBundle set on $$count webhooks of $(WEBHOOK_CONFIGURATION)"
 
 undeploy:
 	$(KUBECTL) delete -k manifests/ --ignore-not-found

@@ -8,6 +8,8 @@ mod common;
 mod fake_apiserver;
 #[path = "cluster_mode/kinds.rs"]
 mod kinds;
+#[path = "cluster_mode/registration.rs"]
+mod registration;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

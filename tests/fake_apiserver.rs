@@ -131,7 +131,8 @@ async fn reflector_syncs_nodes_and_follows_changes() {
     // The objects the client saw carry the fake's bookkeeping.
     let a = reader.get(&ObjectRef::new("node-a")).unwrap();
     assert!(a.metadata.uid.is_some() && a.metadata.creation_timestamp.is_some());
-    assert_eq!(a.resource_version().unwrap().parse::<u64>().unwrap(), 4);
+    // After the three namespaces every cluster starts with.
+    assert_eq!(a.resource_version().unwrap().parse::<u64>().unwrap(), 7);
 
     // What kube-runtime's watcher actually sent: a paged list, then a watch from the list's revision.
     let reqs = srv.requests();
@@ -146,7 +147,7 @@ async fn reflector_syncs_nodes_and_follows_changes() {
         .unwrap();
     assert_eq!(
         first_watch.query_param("resourceVersion").as_deref(),
-        Some("2")
+        Some("5")
     );
     assert_eq!(
         first_watch.query_param("allowWatchBookmarks").as_deref(),
@@ -435,7 +436,8 @@ async fn lists_gets_selectors_pagination_and_errors() {
         list.items.iter().map(|d| d.name_any()).collect::<Vec<_>>(),
         ["a", "b", "c"]
     );
-    assert_eq!(list.metadata.resource_version.as_deref(), Some("4"));
+    // Three namespaces, then three Deployments.
+    assert_eq!(list.metadata.resource_version.as_deref(), Some("7"));
     assert_eq!(list.types.kind, "DeploymentList");
 
     let infer = all

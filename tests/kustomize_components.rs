@@ -76,6 +76,7 @@ fn registrations<'a>(
     out
 }
 
+const EPHEMERAL_WEBHOOK: &str = "ephemeral.gpushare.io";
 const SCALE_WEBHOOK: &str = "scale.gpushare.io";
 
 fn webhooks(objects: &[Value]) -> &[Value] {
@@ -237,13 +238,33 @@ fn without_match_conditions_one_webhook_takes_every_registered_rule_and_fails_cl
     );
 
     // The scale webhook has no matchConditions to begin with: the component leaves it alone.
+    // The ephemeral-containers webhook loses its condition: every `kubectl debug` is sent.
     let object_hooks = |objects: &[Value]| -> Vec<Value> {
         webhooks(objects)
             .iter()
-            .filter(|w| w["name"] != SCALE_WEBHOOK)
+            .filter(|w| w["name"] != SCALE_WEBHOOK && w["name"] != EPHEMERAL_WEBHOOK)
             .cloned()
             .collect()
     };
+    let ephemeral_of = |objects: &[Value]| {
+        let mut hook = webhooks(objects)
+            .iter()
+            .find(|w| w["name"] == EPHEMERAL_WEBHOOK)
+            .cloned()
+            .expect("the ephemeral-containers webhook");
+        hook.as_object_mut()
+            .expect("a webhook")
+            .remove("matchConditions")
+            .map(|_| hook.clone())
+            .unwrap_or(hook)
+    };
+    assert!(
+        webhooks(&rendered)
+            .iter()
+            .any(|w| w["name"] == EPHEMERAL_WEBHOOK && w["matchConditions"].is_null()),
+        "without matchConditions every kubectl debug goes to gpushare"
+    );
+    assert_eq!(ephemeral_of(&rendered), ephemeral_of(&base));
     let scale_of = |objects: &[Value]| {
         webhooks(objects)
             .iter()

@@ -169,27 +169,29 @@ fn webhooks() -> &'static [Value] {
         .expect("the MutatingWebhookConfiguration has a webhooks list")
 }
 
-/// The webhook for objects (not subresources) with `policy`: managed (Fail) or unmanaged (Ignore).
-fn webhook_with_failure_policy(policy: &str) -> &'static Value {
-    let found: Vec<_> = webhooks()
-        .iter()
-        .filter(|w| w["failurePolicy"] == policy && w["name"] != SCALE_WEBHOOK)
-        .collect();
-    assert_eq!(
-        found.len(),
-        1,
-        "exactly one object webhook must have failurePolicy: {policy}"
-    );
-    found[0]
-}
-
+/// Every webhook of the configuration, by name (CONTRACT section 7).
+const WEBHOOKS: [&str; 5] = [
+    MANAGED_WEBHOOK,
+    UNMANAGED_WEBHOOK,
+    CONTROLLER_PODS_WEBHOOK,
+    EPHEMERAL_WEBHOOK,
+    SCALE_WEBHOOK,
+];
+const MANAGED_WEBHOOK: &str = "managed.gpushare.io";
+const UNMANAGED_WEBHOOK: &str = "unmanaged.gpushare.io";
+const CONTROLLER_PODS_WEBHOOK: &str = "controller-pods.gpushare.io";
+const EPHEMERAL_WEBHOOK: &str = "ephemeral.gpushare.io";
 const SCALE_WEBHOOK: &str = "scale.gpushare.io";
 
-fn scale_webhook() -> &'static Value {
+fn webhook(name: &str) -> &'static Value {
     webhooks()
         .iter()
-        .find(|w| w["name"] == SCALE_WEBHOOK)
-        .expect("a webhook for the scale subresources")
+        .find(|w| w["name"] == name)
+        .unwrap_or_else(|| panic!("a webhook named {name}"))
+}
+
+fn scale_webhook() -> &'static Value {
+    webhook(SCALE_WEBHOOK)
 }
 
 #[test]
@@ -218,6 +220,15 @@ fn scale_subresources_fail_closed_without_match_conditions() {
     assert_eq!(webhook["sideEffects"], "NoneOnDryRun");
     let excluded = strings(&webhook["namespaceSelector"]["matchExpressions"][0]["values"]);
     assert!(excluded.contains(&"kube-system") && excluded.contains(&"gpushare-system"));
+    // A small blast radius: only namespaces gpushare labelled as holding a module are sent, so
+    // an outage refuses scaling there and nowhere else.
+    let selector = &webhook["namespaceSelector"];
+    assert!(!selector_matches_namespace(selector, "default", &[]));
+    assert!(selector_matches_namespace(
+        selector,
+        "default",
+        &[("gpushare.io/managed-workloads", "true")]
+    ));
 }
 
 /// The single matchConditions expression of a webhook, whitespace collapsed.
@@ -237,10 +248,15 @@ fn match_expression(webhook: &Value) -> String {
     expression.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Whether a label selector matches a namespace that carries only its automatic
-/// `kubernetes.io/metadata.name` label (every namespace has it since Kubernetes 1.22).
-fn selector_matches_namespace(selector: &Value, namespace: &str) -> bool {
-    let label = |key: &str| (key == "kubernetes.io/metadata.name").then_some(namespace);
+/// Whether a label selector matches a namespace that carries its automatic
+/// `kubernetes.io/metadata.name` label (every namespace has it since Kubernetes 1.22) and `labels`.
+fn selector_matches_namespace(selector: &Value, namespace: &str, labels: &[(&str, &str)]) -> bool {
+    let label = |key: &str| {
+        if key == "kubernetes.io/metadata.name" {
+            return Some(namespace);
+        }
+        labels.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+    };
     let labels_match = selector["matchLabels"]
         .as_object()
         .map(|labels| {
@@ -344,12 +360,12 @@ fn namespaces_are_set_only_on_namespaced_objects() {
 // ---------------------------------------------------------------------------------------
 
 #[test]
-fn there_are_exactly_three_webhooks_on_the_same_service_path() {
-    assert_eq!(
-        webhooks().len(),
-        3,
-        "the MutatingWebhookConfiguration must have exactly three webhooks (managed, unmanaged, scale)"
-    );
+fn every_webhook_calls_the_same_service_path() {
+    let names: Vec<&str> = webhooks()
+        .iter()
+        .filter_map(|w| w["name"].as_str())
+        .collect();
+    assert_eq!(names, WEBHOOKS, "the webhooks of the configuration");
     let service = the("Service", NAME);
     let service_ports: Vec<_> = service["spec"]["ports"]
         .as_array()
@@ -399,25 +415,23 @@ fn there_are_exactly_three_webhooks_on_the_same_service_path() {
     }
 }
 
+/// The place in the managed expression where "made by a built-in controller" starts.
+const NOT_BUILTIN: &str = " && !(has(object.metadata) && has(object.metadata.ownerReferences)";
+
 #[test]
-fn managed_webhook_fails_closed_and_unmanaged_fails_open() {
-    let managed = webhook_with_failure_policy("Fail");
-    let unmanaged = webhook_with_failure_policy("Ignore");
+fn managed_webhook_fails_closed_and_the_rest_split_exactly() {
+    let managed = webhook(MANAGED_WEBHOOK);
+    let unmanaged = webhook(UNMANAGED_WEBHOOK);
+    let controller_pods = webhook(CONTROLLER_PODS_WEBHOOK);
+    assert_eq!(managed["failurePolicy"], "Fail");
+    assert_eq!(unmanaged["failurePolicy"], "Ignore");
     assert_eq!(
-        managed["name"], "managed.gpushare.io",
-        "the Fail webhook is managed.gpushare.io"
+        controller_pods["failurePolicy"], "Ignore",
+        "the pods of admitted workloads keep starting while gpushare is down"
     );
-    assert_eq!(
-        unmanaged["name"], "unmanaged.gpushare.io",
-        "the Ignore webhook is unmanaged.gpushare.io"
-    );
+    assert_eq!(webhook(EPHEMERAL_WEBHOOK)["failurePolicy"], "Fail");
 
     let managed_expr = match_expression(managed);
-    let unmanaged_expr = match_expression(unmanaged);
-    assert!(
-        managed_expr.contains("'gpushare.io/'") || managed_expr.contains("\"gpushare.io/\""),
-        "the managed webhook's matchConditions must test for gpushare.io/ annotations: {managed_expr}"
-    );
     // Every place a kind of CONTRACT section 2a keeps its annotations: the object's metadata
     // (a Pod's only one), the pod template's, and a CronJob's job template's pod template's.
     for path in [
@@ -426,20 +440,58 @@ fn managed_webhook_fails_closed_and_unmanaged_fails_open() {
         "object.spec.jobTemplate.spec.template.metadata.annotations",
     ] {
         assert!(
-            managed_expr.contains(&format!("has({path})")),
-            "the managed webhook's expression must look at (and guard with has()) {path}"
-        );
-        assert!(
-            managed_expr.contains(&format!("{path}.exists(k, k.startsWith('gpushare.io/'))")),
-            "the managed webhook's expression must test {path} for gpushare.io/ keys"
+            managed_expr.contains(&format!("has({path})"))
+                && managed_expr.contains(&format!("{path}.exists(k, k.startsWith('gpushare.io/'))")),
+            "the managed webhook's expression must test (guarded by has()) {path} for gpushare.io/ keys"
         );
     }
-    // Controller-owned objects are not examined (their controller's template was): they stay out
-    // of the fail-closed webhook, so an outage never stops controllers from creating pods.
+    // Every pod spec whose containers may write the GPU variables themselves (CONTRACT 2b).
+    for spec in [
+        "object.spec",
+        "object.spec.template.spec",
+        "object.spec.jobTemplate.spec.template.spec",
+    ] {
+        for list in ["containers", "initContainers"] {
+            assert!(
+                managed_expr.contains(&format!(
+                    "has({spec}.{list}) && {spec}.{list}.exists(c, has(c.env)"
+                )),
+                "the managed webhook's expression must read the env of {spec}.{list}"
+            );
+        }
+    }
+    for variable in [
+        "NVIDIA_VISIBLE_DEVICES",
+        "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE",
+        "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT",
+    ] {
+        assert!(
+            managed_expr.contains(&format!("e.name == '{variable}'")),
+            "{variable}"
+        );
+    }
+    // Only built-in controllers exempt an object: a ConfigMap or a custom resource as
+    // controller makes a module of its own.
+    let (uses, builtin) = managed_expr
+        .split_once(NOT_BUILTIN)
+        .expect("the managed expression is: uses a GPU && !made by a built-in controller");
+    let builtin = format!("(has(object.metadata) && has(object.metadata.ownerReferences){builtin}");
+    for kind in [
+        "'Deployment'",
+        "'ReplicaSet'",
+        "'StatefulSet'",
+        "'DaemonSet'",
+        "'Job'",
+        "'CronJob'",
+    ] {
+        assert!(
+            builtin.contains(kind),
+            "{kind} is a built-in controller: {builtin}"
+        );
+    }
     assert!(
-        managed_expr.contains("has(object.metadata.ownerReferences)")
-            && managed_expr.contains("exists(r, has(r.controller) && r.controller)"),
-        "the managed webhook's expression must leave out controller-owned objects: {managed_expr}"
+        builtin.contains("r.apiVersion == 'apps/v1'")
+            && builtin.contains("r.apiVersion == 'batch/v1'")
     );
     let depth = managed_expr.chars().try_fold(0i32, |depth, c| {
         let depth = depth + i32::from(c == '(') - i32::from(c == ')');
@@ -450,12 +502,19 @@ fn managed_webhook_fails_closed_and_unmanaged_fails_open() {
         !managed_expr.contains(".?") && !managed_expr.contains("?."),
         "the matchConditions expression must not rely on CEL optional syntax"
     );
-    let negations = [format!("!({managed_expr})"), format!("!{managed_expr}")];
-    assert!(
-        negations.contains(&unmanaged_expr),
-        "the unmanaged webhook's expression must be exactly the negation of the managed one, \
-         so every object goes to exactly one webhook\n managed:   {managed_expr}\n unmanaged: {unmanaged_expr}"
+    assert_eq!(
+        match_expression(unmanaged),
+        format!("!({managed_expr})"),
+        "the unmanaged webhook's expression must be exactly the negation of the managed one, so every \
+         object goes to exactly one of them"
     );
+    assert_eq!(
+        match_expression(controller_pods),
+        format!("{uses} && {builtin}"),
+        "controller-pods takes exactly the Pods that use a GPU and the managed webhook leaves out"
+    );
+    let ephemeral = match_expression(webhook(EPHEMERAL_WEBHOOK));
+    assert!(ephemeral.contains("object.spec.ephemeralContainers.exists(c, has(c.env)"));
 }
 
 #[test]
@@ -496,14 +555,15 @@ fn webhooks_never_match_kube_system_or_gpushare_system() {
             selector.is_object(),
             "webhook {name} must have a namespaceSelector"
         );
+        let managed = [("gpushare.io/managed-workloads", "true")];
         for excluded in ["kube-system", NAMESPACE] {
             assert!(
-                !selector_matches_namespace(selector, excluded),
+                !selector_matches_namespace(selector, excluded, &managed),
                 "webhook {name}'s namespaceSelector must exclude {excluded}"
             );
         }
         assert!(
-            selector_matches_namespace(selector, "default"),
+            selector_matches_namespace(selector, "default", &managed),
             "webhook {name}'s namespaceSelector must still match ordinary namespaces such as default"
         );
     }
@@ -523,10 +583,15 @@ fn registered(webhook: &Value) -> BTreeSet<(String, String)> {
             "webhook {name}: apiVersions must be [v1]"
         );
         let operations: BTreeSet<_> = strings(&rule["operations"]).into_iter().collect();
+        let subresources = strings(&rule["resources"]).iter().any(|r| r.contains('/'));
+        let expected = if subresources {
+            BTreeSet::from(["UPDATE"])
+        } else {
+            BTreeSet::from(["CREATE", "UPDATE"])
+        };
         assert_eq!(
-            operations,
-            BTreeSet::from(["CREATE", "UPDATE"]),
-            "webhook {name}: operations must be exactly CREATE and UPDATE"
+            operations, expected,
+            "webhook {name}: operations must be exactly CREATE and UPDATE (UPDATE for subresources)"
         );
         assert_eq!(
             rule["scope"], "Namespaced",
@@ -535,8 +600,8 @@ fn registered(webhook: &Value) -> BTreeSet<(String, String)> {
         for group in strings(&rule["apiGroups"]) {
             for resource in strings(&rule["resources"]) {
                 assert!(
-                    !resource.contains('*') && !resource.contains('/') && group != "*",
-                    "webhook {name}: no wildcards and no subresources ({group}/{resource})"
+                    !resource.contains('*') && group != "*",
+                    "webhook {name}: no wildcards ({group}/{resource})"
                 );
                 registered.insert((group.to_string(), resource.to_string()));
             }
@@ -561,14 +626,20 @@ fn webhooks_see_create_and_update_of_every_workload_kind_and_pods_only_when_mana
     let mut with_pods = kinds.clone();
     with_pods.insert((String::new(), "pods".to_string()));
     assert_eq!(
-        registered(webhook_with_failure_policy("Fail")),
+        registered(webhook(MANAGED_WEBHOOK)),
         with_pods,
         "the managed webhook covers every kind gpushare examines, Pods included"
     );
     assert_eq!(
-        registered(webhook_with_failure_policy("Ignore")),
+        registered(webhook(UNMANAGED_WEBHOOK)),
         kinds,
         "the unmanaged webhook covers the same kinds but never Pods"
+    );
+    let pods = |resource: &str| BTreeSet::from([(String::new(), resource.to_string())]);
+    assert_eq!(registered(webhook(CONTROLLER_PODS_WEBHOOK)), pods("pods"));
+    assert_eq!(
+        registered(webhook(EPHEMERAL_WEBHOOK)),
+        pods("pods/ephemeralcontainers")
     );
 }
 
@@ -770,7 +841,12 @@ fn rbac_is_least_privilege() {
     // creates events.k8s.io Events and patches them to count repeats.
     let allowed: &[(&str, &str, &[&str])] = &[
         ("", "nodes", &["list", "watch"]),
-        ("", "namespaces", &["list", "watch"]),
+        ("", "namespaces", &["list", "watch", "patch"]),
+        (
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations",
+            &["list", "watch", "patch"],
+        ),
         ("apps", "deployments", &["list", "watch"]),
         ("apps", "replicasets", &["list", "watch"]),
         ("apps", "statefulsets", &["list", "watch"]),
@@ -804,6 +880,14 @@ fn rbac_is_least_privilege() {
                 granted(group, resource, verb),
                 "gpushare needs {verb} on {resource} (group {group:?})"
             );
+        }
+    }
+    // Its own webhook configuration only, never another's.
+    for role in all_of_kind("ClusterRole") {
+        for rule in role["rules"].as_array().into_iter().flatten() {
+            if strings(&rule["resources"]).contains(&"mutatingwebhookconfigurations") {
+                assert_eq!(strings(&rule["resourceNames"]), [NAME], "{rule}");
+            }
         }
     }
     let roles: Vec<_> = all_of_kind("ClusterRole")

@@ -113,6 +113,10 @@ pub struct ServeArgs {
     /// The policy ConfigMap, as NAMESPACE/NAME.
     #[arg(long, default_value = "gpushare-system/gpushare-policy")]
     pub policy_configmap: String,
+    /// The MutatingWebhookConfiguration gpushare keeps in step with the policy (the namespaces it
+    /// excludes); a Helm release names it after itself.
+    #[arg(long, default_value = "gpushare")]
+    pub webhook_configuration: String,
     /// Seconds to keep serving after SIGTERM before closing the listener.
     #[arg(long, default_value_t = 5.0)]
     pub drain_delay: f64,

@@ -120,6 +120,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let backend = crate::cluster::start(
             client,
             &args.policy_configmap,
+            &args.webhook_configuration,
             fixed_policy,
             metrics.clone(),
         )

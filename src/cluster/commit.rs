@@ -14,6 +14,7 @@ use kube::Api;
 use serde_json::{json, Map, Value};
 
 use super::ledger::{self, Edit, Ledger};
+use super::registration::Registration;
 use super::state::{ClusterState, OWNER_WAIT};
 use crate::core::claim::ClaimChange;
 use crate::core::decision::Operation;
@@ -127,6 +128,8 @@ pub fn now_ms() -> u64 {
 /// only another replica's write can make a precondition fail.
 pub struct Committer {
     pub store: Arc<dyn LedgerStore>,
+    /// Labels a namespace before its first module is recorded (the scale webhook's selector).
+    registration: Option<Arc<dyn Registration>>,
     lock: tokio::sync::Mutex<()>,
     budget: Duration,
 }
@@ -160,9 +163,31 @@ impl Committer {
     pub fn with_budget(store: Arc<dyn LedgerStore>, budget: Duration) -> Committer {
         Committer {
             store,
+            registration: None,
             lock: tokio::sync::Mutex::new(()),
             budget,
         }
+    }
+
+    /// Also labels the namespace of each newly held claim before recording it.
+    pub fn with_registration(mut self, registration: Arc<dyn Registration>) -> Committer {
+        self.registration = Some(registration);
+        self
+    }
+
+    /// The scale webhook sees only labelled namespaces: the label is written before the first
+    /// module of a namespace is, so its scale requests are checked from then on.
+    async fn label_namespace(&self, state: &ClusterState, edit: &Edit) -> Result<(), String> {
+        let (Some(registration), Some(claim)) = (&self.registration, &edit.claim) else {
+            return Ok(());
+        };
+        let namespace = &claim.key.namespace;
+        if state.namespace_labelled(namespace) || state.policy().is_excluded(namespace) {
+            return Ok(());
+        }
+        registration.label_namespace(namespace, true).await?;
+        state.set_namespace_labelled(namespace, true);
+        Ok(())
     }
 
     /// Decides `request` against the ledger and, unless `dry_run`, records what it commits.
@@ -204,6 +229,15 @@ impl Committer {
                 Some(edit) if !state.ledger_records(&edit) => edit,
                 _ => return verdict,
             };
+            if let Err(error) = self.label_namespace(state, &edit).await {
+                tracing::warn!(%error, "could not label the namespace of a commitment; retrying");
+                last_error = error;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if started.elapsed() >= self.budget {
+                    return unrecorded(&last_error);
+                }
+                continue;
+            }
             let written = now_ms();
             let data = ledger::patch_data(std::slice::from_ref(&edit), written);
             let result = match state.ledger_version() {

@@ -7,6 +7,7 @@ mod convert;
 pub mod ledger;
 pub mod live;
 pub mod policy_configmap;
+mod registration;
 mod state;
 mod stored;
 mod watch;
@@ -49,6 +50,7 @@ pub fn configmap_ref(value: &str) -> anyhow::Result<(String, String)> {
 pub async fn start(
     client: Client,
     configmap: &str,
+    webhook_configuration: &str,
     fixed_policy: Option<Policy>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Arc<ClusterBackend>> {
@@ -66,11 +68,25 @@ pub async fn start(
         namespace.clone(),
         LEDGER_CONFIGMAP.to_string(),
     ));
-    let committer = Arc::new(Committer::new(Arc::new(commit::ApiStore {
-        api: Api::namespaced(client.clone(), &namespace),
-        name: LEDGER_CONFIGMAP.to_string(),
-    })));
+    let registration: Arc<dyn registration::Registration> =
+        Arc::new(registration::ApiRegistration {
+            namespaces: Api::all(client.clone()),
+        });
+    let committer = Arc::new(
+        Committer::new(Arc::new(commit::ApiStore {
+            api: Api::namespaced(client.clone(), &namespace),
+            name: LEDGER_CONFIGMAP.to_string(),
+        }))
+        .with_registration(registration.clone()),
+    );
     tokio::spawn(commit::reconcile_forever(committer.clone(), state.clone()));
+    tokio::spawn(registration::follow(
+        client.clone(),
+        state.clone(),
+        registration,
+        webhook_configuration.to_string(),
+        namespace.clone(),
+    ));
     for kind in WATCHED {
         tokio::spawn(watch::workloads(client.clone(), state.clone(), kind));
     }

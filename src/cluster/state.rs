@@ -48,6 +48,8 @@ struct Inner {
     stored: HashMap<WorkloadKey, Held>,
     /// What each stored workload holds now: its owner checked, the policy applied.
     held: HashMap<WorkloadKey, Claim>,
+    /// Namespaces that carry gpushare's label for the scale webhook.
+    labelled: HashSet<String>,
     /// The uid of each stored workload that may own others, to forget it when it goes.
     owner_uids: HashMap<WorkloadKey, String>,
     /// The stored workloads that name each owner uid: checked again when that owner changes.
@@ -58,6 +60,15 @@ struct Inner {
     synced: Vec<Cache>,
     /// The per-GPU series the gauges show, so a full refresh removes only those that went away.
     published: HashSet<GpuLabels>,
+}
+
+/// What gpushare reads of a namespace's labels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NamespaceLabels {
+    /// The Pod Security level it enforces, when that level refuses host access (rule 8).
+    pub pod_security: Option<PodSecurity>,
+    /// Whether it carries gpushare's label for the scale webhook.
+    pub managed: bool,
 }
 
 /// How long an admission of an object made by a built-in controller waits for the cache to show
@@ -190,6 +201,7 @@ impl ClusterState {
                 nodes: BTreeMap::new(),
                 stored: HashMap::new(),
                 held: HashMap::new(),
+                labelled: HashSet::new(),
                 owner_uids: HashMap::new(),
                 dependents: HashMap::new(),
                 ledger: Ledger::default(),
@@ -229,18 +241,57 @@ impl ClusterState {
         self.publish_all(&mut inner);
     }
 
-    /// Sets what one namespace's Pod Security label enforces.
-    pub fn apply_namespace(&self, name: &str, level: Option<PodSecurity>) {
-        self.lock().view.set_pod_security(name, level);
+    /// Sets what one namespace's labels say (`None`: it was deleted).
+    pub fn apply_namespace(&self, name: &str, labels: Option<NamespaceLabels>) {
+        let mut inner = self.lock();
+        let labels = labels.unwrap_or_default();
+        inner.view.set_pod_security(name, labels.pod_security);
+        if labels.managed {
+            inner.labelled.insert(name.to_string());
+        } else {
+            inner.labelled.remove(name);
+        }
     }
 
     /// Replaces every namespace (after a full list).
-    pub fn replace_namespaces(&self, namespaces: Vec<(String, Option<PodSecurity>)>) {
+    pub fn replace_namespaces(&self, namespaces: Vec<(String, NamespaceLabels)>) {
         let mut inner = self.lock();
         inner.view.clear_pod_security();
-        for (name, level) in namespaces {
-            inner.view.set_pod_security(&name, level);
+        inner.labelled.clear();
+        for (name, labels) in namespaces {
+            inner.view.set_pod_security(&name, labels.pod_security);
+            if labels.managed {
+                inner.labelled.insert(name);
+            }
         }
+    }
+
+    /// Whether `namespace` carries gpushare's label for the scale webhook.
+    pub fn namespace_labelled(&self, namespace: &str) -> bool {
+        self.lock().labelled.contains(namespace)
+    }
+
+    /// Records a label gpushare just wrote (its watch event may come later).
+    pub fn set_namespace_labelled(&self, namespace: &str, labelled: bool) {
+        let mut inner = self.lock();
+        if labelled {
+            inner.labelled.insert(namespace.to_string());
+        } else {
+            inner.labelled.remove(namespace);
+        }
+    }
+
+    /// The namespaces that hold a module (not excluded by the policy), and those labelled.
+    pub fn namespace_labels(&self) -> (HashSet<String>, HashSet<String>) {
+        let inner = self.lock();
+        let with_modules = inner
+            .view
+            .claims()
+            .map(|claim| &claim.key.namespace)
+            .filter(|namespace| !inner.policy.is_excluded(namespace))
+            .cloned()
+            .collect();
+        (with_modules, inner.labelled.clone())
     }
 
     /// Whether the cache knows the owner with `uid` (and would check an object against it).

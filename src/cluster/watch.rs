@@ -13,7 +13,8 @@ use kube::{Api, Client, Resource};
 
 use super::convert;
 use super::ledger::Ledger;
-use super::state::{Cache, ClusterState};
+use super::registration::MANAGED_NAMESPACE_LABEL;
+use super::state::{Cache, ClusterState, NamespaceLabels};
 use super::stored::StoredWorkload;
 use crate::core::inventory::PodSecurity;
 use crate::core::policy::Policy;
@@ -75,15 +76,20 @@ pub async fn nodes(client: Client, state: Arc<ClusterState>) {
     }
 }
 
-/// What a namespace's Pod Security label enforces, as rule 8 reads it.
-fn pod_security(namespace: &Namespace) -> (String, Option<PodSecurity>) {
-    let level = namespace
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|labels| labels.get(PodSecurity::LABEL))
-        .and_then(|level| PodSecurity::refusing_host_access(level));
-    (namespace.metadata.name.clone().unwrap_or_default(), level)
+/// What a namespace's labels say: its Pod Security level (rule 8) and gpushare's own label.
+fn namespace_labels(namespace: &Namespace) -> (String, NamespaceLabels) {
+    let labels = namespace.metadata.labels.as_ref();
+    let label = |key: &str| labels.and_then(|labels| labels.get(key));
+    let pod_security =
+        label(PodSecurity::LABEL).and_then(|level| PodSecurity::refusing_host_access(level));
+    let managed = label(MANAGED_NAMESPACE_LABEL).is_some_and(|value| value == "true");
+    (
+        namespace.metadata.name.clone().unwrap_or_default(),
+        NamespaceLabels {
+            pod_security,
+            managed,
+        },
+    )
 }
 
 /// Keeps the Pod Security level of every namespace (rule 8).
@@ -98,16 +104,18 @@ pub async fn namespaces(client: Client, state: Arc<ClusterState>) {
     while let Some(event) = events.next().await {
         match event {
             Event::Init => listing.clear(),
-            Event::InitApply(namespace) => listing.push(pod_security(&namespace)),
+            Event::InitApply(namespace) => listing.push(namespace_labels(&namespace)),
             Event::InitDone => {
                 state.replace_namespaces(std::mem::take(&mut listing));
                 state.mark_synced(Cache::Namespaces);
             }
             Event::Apply(namespace) => {
-                let (name, level) = pod_security(&namespace);
-                state.apply_namespace(&name, level);
+                let (name, labels) = namespace_labels(&namespace);
+                state.apply_namespace(&name, Some(labels));
             }
-            Event::Delete(namespace) => state.apply_namespace(&pod_security(&namespace).0, None),
+            Event::Delete(namespace) => {
+                state.apply_namespace(&namespace_labels(&namespace).0, None)
+            }
         }
     }
 }

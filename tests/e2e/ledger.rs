@@ -117,7 +117,8 @@ fn mps_module(name: &str, namespace: &str, node: &str, percentage: u32) -> Value
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name, "namespace": namespace,
             "annotations": {"gpushare.io/gpu": "0", "gpushare.io/mps-percentage": percentage.to_string()}},
-        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+        "spec": {"replicas": 1, "strategy": {"rollingUpdate": {"maxSurge": 0}},
+            "selector": {"matchLabels": {"app": name}},
             "template": {"metadata": {"labels": {"app": name}},
                 "spec": {"nodeSelector": {"kubernetes.io/hostname": node},
                     "containers": [{"name": "cuda", "image": "nvcr.io/nvidia/k8s/cuda-sample:nbody"}]}}}

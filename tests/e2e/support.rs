@@ -272,7 +272,8 @@ impl Drop for TestNode {
     }
 }
 
-/// A Deployment manifest pinned to `node`, with gpushare annotations on its metadata.
+/// A Deployment manifest pinned to `node`, with gpushare annotations on its metadata. Its rollout
+/// runs no surge pods (`maxSurge: 0`), so that it counts `replicas` pods.
 pub fn deployment(
     name: &str,
     namespace: &str,
@@ -298,6 +299,7 @@ metadata:
   annotations:{annotations}
 spec:
   replicas: {replicas}
+  strategy: {{rollingUpdate: {{maxSurge: 0}}}}
   selector:
     matchLabels: {{app: {name}}}
   template:

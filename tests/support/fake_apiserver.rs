@@ -152,13 +152,21 @@ impl Drop for FakeApiServer {
 impl FakeApiServer {
     /// A server with an empty store that is not listening yet (see [`FakeApiServer::start_on`]).
     pub fn new() -> Self {
-        FakeApiServer {
+        let server = FakeApiServer {
             shared: Arc::new(Shared {
                 store: Mutex::new(Store::new()),
                 addr: Mutex::new(None),
             }),
             task: Mutex::new(None),
+        };
+        // The namespaces every cluster has, as a real API server creates them.
+        for namespace in ["default", "kube-system", "gpushare-system"] {
+            server.apply(serde_json::json!({
+                "apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": namespace, "labels": {"kubernetes.io/metadata.name": namespace}}
+            }));
         }
+        server
     }
 
     /// A server with an empty store, listening on `127.0.0.1:<free port>`.

@@ -50,22 +50,19 @@ app.kubernetes.io/component: webhook
 {{- printf "%s-tls" (include "gpushare.fullname" .) -}}
 {{- end -}}
 
-{{/*
-The managed/unmanaged split of manifests/webhook.yaml: whether an object not owned by a controller,
-or its pod template (a CronJob's under spec.jobTemplate), carries any gpushare.io/ annotation. Every field is guarded with has(): a missing field would be an
-evaluation error, which rejects the request under failurePolicy: Fail.
+{{- /*
+The CEL of the webhooks' matchConditions (see manifests/webhook.yaml, which has the same text):
+usesGpu: a gpushare.io/ annotation on the object or its pod template, or a container that writes the
+GPU variables itself; builtinController: made by a built-in controller; ephemeralUsesGpu: an ephemeral
+container that writes them. Every field is guarded with has(): a missing field would be an evaluation
+error, which rejects the request under failurePolicy: Fail.
 */}}
-{{- define "gpushare.hasAnnotations" -}}
-(!(has(object.metadata) && has(object.metadata.ownerReferences) &&
-object.metadata.ownerReferences.exists(r, has(r.controller) && r.controller)) &&
-((has(object.metadata) && has(object.metadata.annotations) &&
-object.metadata.annotations.exists(k, k.startsWith('gpushare.io/'))) ||
-(has(object.spec) && has(object.spec.template) && has(object.spec.template.metadata) &&
-has(object.spec.template.metadata.annotations) &&
-object.spec.template.metadata.annotations.exists(k, k.startsWith('gpushare.io/'))) ||
-(has(object.spec) && has(object.spec.jobTemplate) && has(object.spec.jobTemplate.spec) &&
-has(object.spec.jobTemplate.spec.template) &&
-has(object.spec.jobTemplate.spec.template.metadata) &&
-has(object.spec.jobTemplate.spec.template.metadata.annotations) &&
-object.spec.jobTemplate.spec.template.metadata.annotations.exists(k, k.startsWith('gpushare.io/')))))
+{{- define "gpushare.usesGpu" -}}
+((has(object.metadata) && has(object.metadata.annotations) && object.metadata.annotations.exists(k, k.startsWith('gpushare.io/'))) || (has(object.spec) && has(object.spec.template) && has(object.spec.template.metadata) && has(object.spec.template.metadata.annotations) && object.spec.template.metadata.annotations.exists(k, k.startsWith('gpushare.io/'))) || (has(object.spec) && has(object.spec.jobTemplate) && has(object.spec.jobTemplate.spec) && has(object.spec.jobTemplate.spec.template) && has(object.spec.jobTemplate.spec.template.metadata) && has(object.spec.jobTemplate.spec.template.metadata.annotations) && object.spec.jobTemplate.spec.template.metadata.annotations.exists(k, k.startsWith('gpushare.io/'))) || (has(object.spec) && ((has(object.spec.containers) && object.spec.containers.exists(c, has(c.env) && c.env.exists(e, (e.name == 'NVIDIA_VISIBLE_DEVICES' && (has(e.valueFrom) || (has(e.value) && !(e.value in ['', 'none', 'void'])))) || e.name == 'CUDA_MPS_ACTIVE_THREAD_PERCENTAGE' || e.name == 'CUDA_MPS_PINNED_DEVICE_MEM_LIMIT'))) || (has(object.spec.initContainers) && object.spec.initContainers.exists(c, has(c.env) && c.env.exists(e, (e.name == 'NVIDIA_VISIBLE_DEVICES' && (has(e.valueFrom) || (has(e.value) && !(e.value in ['', 'none', 'void'])))) || e.name == 'CUDA_MPS_ACTIVE_THREAD_PERCENTAGE' || e.name == 'CUDA_MPS_PINNED_DEVICE_MEM_LIMIT'))))) || (has(object.spec) && has(object.spec.template) && has(object.spec.template.spec) && ((has(object.spec.template.spec.containers) && object.spec.template.spec.containers.exists(c, has(c.env) && c.env.exists(e, (e.name == 'NVIDIA_VISIBLE_DEVICES' && (has(e.valueFrom) || (has(e.value) && !(e.value in ['', 'none', 'void'])))) || e.name == 'CUDA_MPS_ACTIVE_THREAD_PERCENTAGE' || e.name == 'CUDA_MPS_PINNED_DEVICE_MEM_LIMIT'))) || (has(object.spec.template.spec.initContainers) && object.spec.template.spec.initContainers.exists(c, has(c.env) && c.env.exists(e, (e.name == 'NVIDIA_VISIBLE_DEVICES' && (has(e.valueFrom) || (has(e.value) && !(e.value in ['', 'none', 'void'])))) || e.name == 'CUDA_MPS_ACTIVE_THREAD_PERCENTAGE' || e.name == 'CUDA_MPS_PINNED_DEVICE_MEM_LIMIT'))))) || (has(object.spec) && has(object.spec.jobTemplate) && has(object.spec.jobTemplate.spec) && has(object.spec.jobTemplate.spec.template) && has(object.spec.jobTemplate.spec.template.spec) && ((has(object.spec.jobTemplate.spec.template.spec.containers) && object.spec.jobTemplate.spec.template.spec.containers.exists(c, has(c.env) && c.env.exists(e, (e.name == 'NVIDIA_VISIBLE_DEVICES' && (has(e.valueFrom) || (has(e.value) && !(e.value in ['', 'none', 'void'])))) || e.name == 'CUDA_MPS_ACTIVE_THREAD_PERCENTAGE' || e.name == 'CUDA_MPS_PINNED_DEVICE_MEM_LIMIT'))) || (has(object.spec.jobTemplate.spec.template.spec.initContainers) && object.spec.jobTemplate.spec.template.spec.initContainers.exists(c, has(c.env) && c.env.exists(e, (e.name == 'NVIDIA_VISIBLE_DEVICES' && (has(e.valueFrom) || (has(e.value) && !(e.value in ['', 'none', 'void'])))) || e.name == 'CUDA_MPS_ACTIVE_THREAD_PERCENTAGE' || e.name == 'CUDA_MPS_PINNED_DEVICE_MEM_LIMIT'))))))
+{{- end -}}
+{{- define "gpushare.builtinController" -}}
+(has(object.metadata) && has(object.metadata.ownerReferences) && object.metadata.ownerReferences.exists(r, has(r.controller) && r.controller && ((r.apiVersion == 'apps/v1' && r.kind in ['Deployment', 'ReplicaSet', 'StatefulSet', 'DaemonSet']) || (r.apiVersion == 'batch/v1' && r.kind in ['Job', 'CronJob']))))
+{{- end -}}
+{{- define "gpushare.ephemeralUsesGpu" -}}
+has(object.spec) && has(object.spec.ephemeralContainers) && object.spec.ephemeralContainers.exists(c, has(c.env) && c.env.exists(e, (e.name == 'NVIDIA_VISIBLE_DEVICES' && (has(e.valueFrom) || (has(e.value) && !(e.value in ['', 'none', 'void'])))) || e.name == 'CUDA_MPS_ACTIVE_THREAD_PERCENTAGE' || e.name == 'CUDA_MPS_PINNED_DEVICE_MEM_LIMIT'))
 {{- end -}}
