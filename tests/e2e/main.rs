@@ -6,6 +6,7 @@
 //! ConfigMap or stop gpushare or kube-apiserver. Each test pins its workloads to a Node of its own
 //! and works in a namespace of its own, so GPU capacity is never shared between tests.
 
+mod consumers;
 mod kinds;
 mod ledger;
 mod packaging;
