@@ -63,6 +63,51 @@ build() {
   touch "$stamp"
 }
 
+# kwok, for the simulated device edge-node-2 (KWOK=1): its own module, as Helm's.
+KWOK_MODULE=$ROOT/tests/tools/kwok
+KWOK_BIN=$ROOT/target/tools/kwok
+KWOK_NODES=$ROOT/tests/e2e/kwok-nodes.yaml
+
+build_kwok() {
+  local stamp
+  stamp="$KWOK_BIN.built-$(cat "$KWOK_MODULE/go.mod" "$KWOK_MODULE/go.sum" | sha256sum | cut -c1-16)"
+  [[ -f $stamp && -x $KWOK_BIN ]] && return
+  log "building kwok ($(awk '$1 == "require" && $2 == "sigs.k8s.io/kwok" { print $3 }' "$KWOK_MODULE/go.mod"))"
+  mkdir -p "$(dirname "$KWOK_BIN")"
+  rm -f "$KWOK_BIN".built-*
+  (cd "$KWOK_MODULE" && nice go build -trimpath -ldflags "-s -w" -o "$KWOK_BIN" sigs.k8s.io/kwok/cmd/kwok)
+  touch "$stamp"
+}
+
+# kwok's own stages, read from its module: nodes become Ready and keep a lease; pods become Ready,
+# those of Jobs Succeeded, deleted ones go.
+kwok_config() {
+  local dir stage
+  dir=$(cd "$KWOK_MODULE" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)
+  for stage in node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-with-lease \
+    pod/fast/pod-ready pod/fast/pod-complete pod/fast/pod-delete; do
+    echo "---"
+    cat "$dir/kustomize/stage/$stage.yaml"
+  done > "$DIR/kwok.yaml"
+}
+
+start_kwok() {
+  if ! alive kwok; then
+    kwok_config
+    start kwok "$KWOK_BIN" --kubeconfig "$DIR/kubeconfig" --config "$DIR/kwok.yaml" \
+      --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake --node-lease-duration-seconds 40
+  fi
+  k apply -f "$KWOK_NODES" >/dev/null
+  local node count
+  for node in $(k get nodes -l type=kwok -o name); do
+    count=$(k get "$node" -o jsonpath='{.metadata.labels.nvidia\.com/gpu\.count}')
+    k patch "$node" --subresource=status --type=merge -p "{\"status\":{
+      \"capacity\":{\"cpu\":\"4\",\"memory\":\"16Gi\",\"pods\":\"110\",\"nvidia.com/gpu\":\"$count\"},
+      \"allocatable\":{\"cpu\":\"4\",\"memory\":\"16Gi\",\"pods\":\"110\",\"nvidia.com/gpu\":\"$count\"}}}" >/dev/null
+    wait_up kwok "$node to be Ready" 60 node_ready "${node#node/}"
+  done
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 alive() { [[ -f $DIR/$1.pid ]] && kill -0 "$(cat "$DIR/$1.pid")" 2>/dev/null; }
@@ -334,12 +379,13 @@ start_in_cluster() {
   fi
 }
 
+no_gpushare_pods() { [[ -z $(k -n gpushare-system get pods -l app.kubernetes.io/name=gpushare -o name) ]]; }
+
 # The outage of e2e: in-cluster, every replica stops (the Deployment scaled to 0) and comes back.
 stop_webhook() {
   if [[ $MODE == in-cluster ]]; then
     k -n gpushare-system scale deployment gpushare --replicas 0 >/dev/null
-    wait_for "gpushare's pods to be gone" 90 \
-      test -z "$(k -n gpushare-system get pods -l app.kubernetes.io/name=gpushare -o name)"
+    wait_for "gpushare's pods to be gone" 90 no_gpushare_pods
   else
     stop gpushare
   fi
@@ -363,10 +409,10 @@ write_env() {
     echo "GPUSHARE=$MODE"
     if [[ $MODE == local ]]; then
       echo "GPUSHARE_WEBHOOK_URL=$WEBHOOK_URL"
-      echo "GPUSHARE_SERVE_KUBECONFIG=$DIR/gpushare.kubeconfig"
     else
       echo "GPUSHARE_IMAGE=$GPUSHARE_IMAGE"
     fi
+    echo "GPUSHARE_SERVE_KUBECONFIG=$DIR/gpushare.kubeconfig"
     echo "GPUSHARE_WEBHOOK_CA=$DIR/webhook-certs/ca.crt"
     echo "KUBE_APISERVER_URL=https://127.0.0.1:$APISERVER_PORT"
     echo "KUBERNETES_VERSION=$(k8s_version)"
@@ -374,6 +420,7 @@ write_env() {
     echo "NODE=$NODE_NAME"
     echo "TEST_IMAGE=$TEST_IMAGE"
     echo "POD_SUBNET=$POD_SUBNET"
+    if alive kwok; then echo "KWOK_NODE=edge-node-2"; fi
   } > "$DIR/env"
 }
 
@@ -386,12 +433,14 @@ load() {
 
 # The image manifests/ ship, which IN_CLUSTER=1 replaces by the one `make image` built.
 shipped_image() {
-  $KUBECTL kustomize "$ROOT/manifests" | k create --dry-run=client -f - \
-    -o jsonpath='{range .items[?(@.kind=="Deployment")]}{.spec.template.spec.containers[0].image}{"\n"}{end}' | head -1
+  $KUBECTL kustomize "$ROOT/manifests" \
+    | k create --dry-run=client -f - -o jsonpath='{.kind}/{.metadata.name}:{.spec.template.spec.containers[0].image}{"\n"}' \
+    | sed -n 's|^Deployment/gpushare:||p' | head -1
 }
 
 up() {
   build
+  if [[ $KWOK == 1 ]]; then build_kwok; fi
   mkdir -p "$DIR"
   load
   local want=local
@@ -428,10 +477,12 @@ up() {
   else
     node_up
   fi
-  deploy
-  if [[ $MODE == local ]]; then
-    [[ -f $DIR/gpushare.kubeconfig ]] || serve_kubeconfig
+  if [[ $KWOK == 1 ]]; then
+    start_kwok
   fi
+  deploy
+  # The local serve's credentials; in-cluster, e2e starts extra replicas with them beside the pods.
+  [[ -f $DIR/gpushare.kubeconfig ]] || serve_kubeconfig
   start_webhook
   write_env
   echo "export KUBECONFIG=$DIR/kubeconfig"
@@ -440,6 +491,7 @@ up() {
 down() {
   [[ -d $DIR ]] || return 0
   stop gpushare
+  stop kwok
   node_down
   for name in kube-scheduler kube-controller-manager kube-apiserver etcd; do stop "$name"; done
   if awk -v d="$DIR" '$5 == d || index($5, d "/") == 1' /proc/self/mountinfo | grep -q .; then
@@ -452,9 +504,11 @@ down() {
 . "$ROOT/tests/e2e/node.sh"
 
 IN_CLUSTER_REPLICAS=${IN_CLUSTER_REPLICAS:-2}
+# The simulated second device (kwok): on unless KWOK=0.
+KWOK=${KWOK:-1}
 
 case ${1:-} in
-  build) build ;;
+  build) build; if [[ $KWOK == 1 ]]; then build_kwok; fi ;;
   up) up ;;
   down) down ;;
   stop-webhook) load; stop_webhook ;;

@@ -276,8 +276,8 @@ start_kubelet() {
   wait_up kubelet "node $NODE_NAME to be Ready" 120 node_ready
 }
 
-node_ready() {
-  [[ $(k get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}') == True ]]
+node_ready() { # [node]
+  [[ $(k get node "${1:-$NODE_NAME}" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}') == True ]]
 }
 
 # What the NVIDIA device plugin would report: nvidia.com/gpu as in the node's gpu.count label.
@@ -289,8 +289,11 @@ node_gpus() { # node
   [[ -n $count ]] || return 0
   k patch node "$node" --subresource=status --type=merge \
     -p "{\"status\":{\"capacity\":{\"nvidia.com/gpu\":\"$count\"},\"allocatable\":{\"nvidia.com/gpu\":\"$count\"}}}" >/dev/null
-  wait_for "allocatable nvidia.com/gpu=$count on $node" 30 \
-    test "$(k get node "$node" -o jsonpath='{.status.allocatable.nvidia\.com/gpu}')" = "$count"
+  wait_for "allocatable nvidia.com/gpu=$count on $node" 30 allocatable_gpus "$node" "$count"
+}
+
+allocatable_gpus() { # node count
+  [[ $(k get node "$1" -o jsonpath='{.status.allocatable.nvidia\.com/gpu}') == "$2" ]]
 }
 
 node_up() {
