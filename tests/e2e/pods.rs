@@ -185,3 +185,57 @@ spec:
         log.stdout
     );
 }
+
+#[test]
+fn a_managed_job_on_the_kwok_simulated_device_completes_and_keeps_its_assignment() {
+    let Some(node) = env().get("KWOK_NODE") else {
+        eprintln!("skipped: make cluster ran without kwok (KWOK=0)");
+        return;
+    };
+    let ns = Namespace::new("e2e-kwok");
+    let job = format!(
+        r#"apiVersion: batch/v1
+kind: Job
+metadata:
+  name: simulated
+  namespace: {ns}
+  annotations: {{gpushare.io/gpu: "1"}}
+spec:
+  template:
+    spec:
+      nodeSelector: {{kubernetes.io/hostname: {node}}}
+      tolerations: [{{key: kwok.x-k8s.io/node, operator: Exists, effect: NoSchedule}}]
+      restartPolicy: Never
+      containers:
+        - name: main
+          image: {image}
+          imagePullPolicy: Never
+          command: [sh, -c, "true"]
+"#,
+        ns = ns.name,
+        image = env_var("TEST_IMAGE"),
+    );
+    apply(&job, &[]).ok();
+    eventually_within(POD_DEADLINE, "the simulated Job to complete", || {
+        let job = get_json(&["-n", &ns.name, "job", "simulated"]);
+        let complete = job["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Complete" && c["status"] == "True")
+        });
+        if complete {
+            Ok(())
+        } else {
+            Err(job["status"].to_string())
+        }
+    });
+    // kwok ran the pod gpushare patched: it was bound to the simulated node with the variable.
+    let pods = get_json(&["-n", &ns.name, "pods", "-l", "job-name=simulated"]);
+    let pod = &pods["items"][0];
+    assert_eq!(pod["spec"]["nodeName"], node.as_str(), "{pod}");
+    assert_eq!(pod["status"]["phase"], "Succeeded", "{pod}");
+    assert_eq!(
+        template_env(pod, "", "NVIDIA_VISIBLE_DEVICES").as_deref(),
+        Some("1"),
+        "{pod}"
+    );
+}
