@@ -9,12 +9,13 @@
 # IN_CLUSTER=1, gpushare's Deployment running on edge-node-1 from its own image. Everything listens
 # on 127.0.0.1 or on the node's pod bridge. Needs root for the node (docs/development.md).
 #
-#   cluster.sh build              build the control-plane binaries (Go build cache makes rebuilds fast)
-#   cluster.sh up                 start whatever is not running; idempotent
-#   cluster.sh down               stop everything and remove target/cluster
-#   cluster.sh stop-webhook       stop `gpushare serve` (e2e: outage behaviour)
-#   cluster.sh start-webhook      start it again and wait until it is ready
-#   cluster.sh restart-apiserver  stop kube-apiserver; start it again when "start" follows
+#   cluster.sh build              build the binaries (Go's build cache makes rebuilds fast)
+#   cluster.sh up                 start whatever is not running; idempotent. IN_CLUSTER=1 (with
+#                                 GPUSHARE_IMAGE, GPUSHARE_IMAGE_ARCHIVE): gpushare's Deployment;
+#                                 KWOK=0: no simulated edge-node-2
+#   cluster.sh down               stop everything, undo what the node made, remove target/cluster
+#   cluster.sh stop-webhook       stop gpushare (local serve, or the Deployment scaled to 0)
+#   cluster.sh start-webhook      start it again and wait until it answers
 #   cluster.sh stop-apiserver | start-apiserver
 #   cluster.sh stop-kubelet | start-kubelet
 set -euo pipefail
@@ -369,6 +370,14 @@ start_webhook() {
 # answering through its Service. On failure, what the pods say.
 start_in_cluster() {
   k -n gpushare-system scale deployment gpushare --replicas "$IN_CLUSTER_REPLICAS" >/dev/null
+  # A rebuilt image keeps its name: the replicas restart onto it.
+  local digest=""
+  [[ -f ${GPUSHARE_IMAGE_ARCHIVE:-} ]] && digest=$(tar -xOf "$GPUSHARE_IMAGE_ARCHIVE" index.json | sha256sum | cut -c1-16)
+  if [[ -n $digest && -f $DIR/gpushare-image && $(cat "$DIR/gpushare-image") != "$digest" ]]; then
+    log "gpushare's image changed: restarting its replicas"
+    k -n gpushare-system rollout restart deployment gpushare >/dev/null
+  fi
+  [[ -z $digest ]] || echo "$digest" > "$DIR/gpushare-image"
   if ! k -n gpushare-system rollout status deployment gpushare --timeout=180s >/dev/null 2>&1 \
     || ! wait_for "the webhook to answer through its Service" 60 webhook_answers; then
     log "gpushare's Deployment did not become ready:"

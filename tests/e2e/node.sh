@@ -236,6 +236,7 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: "50Mi", nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%"}
 resolvConf: ""
+podLogsDir: $NODE_DIR/pod-logs
 staticPodPath: ""
 # No KUBE-FIREWALL, canary or hint chains in the machine's iptables.
 makeIPTablesUtilChains: false
@@ -359,6 +360,12 @@ node_down() {
     rm -f "$result" "/var/lib/cni/results/cni-loopback-${id%-*}-lo"
   done
   rmdir /var/lib/cni/results /var/lib/cni 2>/dev/null || true
+  # The kubelet links every container's log into /var/log/containers, whatever podLogsDir says.
+  local link
+  for link in /var/log/containers/*.log; do
+    [[ -L $link && $(readlink "$link") == "$NODE_DIR/"* ]] && rm -f "$link"
+  done
+  pgrep -x kubelet >/dev/null || rmdir /var/log/containers 2>/dev/null || true
   ip link show "$BRIDGE" >/dev/null 2>&1 && ip link delete "$BRIDGE"
   while iptables -w -t nat -D PREROUTING -i "$BRIDGE" -j "$CHAIN" 2>/dev/null; do :; done
   iptables -w -t nat -F "$CHAIN" 2>/dev/null && iptables -w -t nat -X "$CHAIN" 2>/dev/null
