@@ -406,6 +406,10 @@ stop() { # name
   kill "$pid" 2>/dev/null || true
   local deadline=$(( SECONDS + 30 ))
   while kill -0 "$pid" 2>/dev/null; do
+    if (( SECONDS > deadline + 15 )); then
+      log "$1 (pid $pid) did not exit, even after SIGKILL"
+      return 1
+    fi
     if (( SECONDS > deadline )); then kill -9 "$pid" 2>/dev/null || true; fi
     sleep 0.2
   done
