@@ -503,10 +503,11 @@ up() {
 
 down() {
   [[ -d $DIR ]] || return 0
-  stop gpushare
-  stop kwok
+  # Best effort from here on: what cannot be stopped is reported, the rest is still cleaned up.
+  stop gpushare || true
+  stop kwok || true
   node_down
-  for name in kube-scheduler kube-controller-manager kube-apiserver etcd; do stop "$name"; done
+  for name in kube-scheduler kube-controller-manager kube-apiserver etcd; do stop "$name" || true; done
   if awk -v d="$DIR" '$5 == d || index($5, d "/") == 1' /proc/self/mountinfo | grep -q .; then
     die "still mounted under $DIR (not removed): $(awk -v d="$DIR" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | head -5)"
   fi

@@ -336,12 +336,12 @@ unmount_under() { # dir
 }
 
 node_down() {
-  stop kubelet
+  stop kubelet || true
   kill_cgroup_tree
   local pids
   pids=$(shim_pids)
   [[ -z $pids ]] || kill $pids 2>/dev/null || true
-  stop containerd
+  stop containerd || true
   pids=$(shim_pids)
   [[ -z $pids ]] || kill -9 $pids 2>/dev/null || true
   # Pod network namespaces: the ones whose interface has an address in this node's subnet.
