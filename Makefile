@@ -85,12 +85,32 @@ bench:
 	$(CARGO) bench --locked --bench admission
 	$(CARGO) bench --locked --bench cluster_scale
 
-# A real control plane on loopback (CONTRACT section 6b): etcd, kube-apiserver and
-# kube-controller-manager of the release pinned in tests/tools/controlplane/go.mod, built with
-# `go build` (the first time 15-30 minutes, then from Go's build cache), with gpushare deployed from
-# manifests/ and `gpushare serve` running locally in cluster mode. Idempotent.
-cluster: build
-	@GPUSHARE=$(CURDIR)/$(BIN) bash tests/e2e/cluster.sh up
+# gpushare's image without a Docker engine: an OCI archive (IMAGE_ARCHIVE, named IMAGE) of a static
+# release binary, non-root (65532), no shell; the Dockerfile builds the same where Docker runs.
+# Load it with `ctr images import`, `docker load`, `podman load` or `skopeo copy oci-archive:...`.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+IMAGE ?= localhost/gpushare:$(VERSION)
+IMAGE_ARCHIVE ?= target/image/gpushare.oci.tar
+# Static glibc: the only target of the machine's rustup, linked with crt-static.
+IMAGE_TARGET := x86_64-unknown-linux-gnu
+IMAGE_BIN := target/$(IMAGE_TARGET)/release/gpushare
+
+.PHONY: image
+image:
+	RUSTFLAGS='-C target-feature=+crt-static' CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=debuginfo \
+	  $(CARGO) build --locked --release --target $(IMAGE_TARGET) --bin gpushare
+	bash tests/tools/image/build.sh gpushare $(IMAGE_BIN) $(IMAGE) $(IMAGE_ARCHIVE)
+
+# A real cluster on loopback (CONTRACT section 6b, docs/development.md): etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler and a kubelet of the release pinned in
+# tests/tools/controlplane/go.mod, built with `go build` (the first time 15-35 minutes, then from Go's
+# build cache); edge-node-1 a real node on containerd (needs root); gpushare deployed from manifests/
+# with `gpushare serve` running locally in cluster mode, or with IN_CLUSTER=1 as the Deployment of
+# manifests/ from its image (make image). Idempotent.
+IN_CLUSTER ?= 0
+cluster: build $(if $(filter 1,$(IN_CLUSTER)),image)
+	@GPUSHARE=$(CURDIR)/$(BIN) IN_CLUSTER=$(IN_CLUSTER) GPUSHARE_IMAGE=$(IMAGE) \
+	  GPUSHARE_IMAGE_ARCHIVE=$(CURDIR)/$(IMAGE_ARCHIVE) bash tests/e2e/cluster.sh up
 
 cluster-down:
 	@bash tests/e2e/cluster.sh down

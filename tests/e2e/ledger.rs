@@ -72,14 +72,24 @@ impl Drop for Replica {
     }
 }
 
-/// The replica `make cluster` started: the one kube-apiserver calls.
+/// A replica `make cluster` started, one that kube-apiserver calls: the local serve, or in-cluster
+/// the Service name, which `client()` dials at the replica pods' IPs.
 pub fn cluster_replica_url() -> String {
-    env_var("GPUSHARE_WEBHOOK_URL").to_string()
+    webhook_endpoints()
+        .first()
+        .expect("a ready gpushare replica")
+        .url
+        .clone()
 }
 
 fn client() -> reqwest::Client {
     let ca = std::fs::read(env_var("GPUSHARE_WEBHOOK_CA")).expect("webhook CA");
+    let pods: Vec<std::net::SocketAddr> = webhook_endpoints()
+        .iter()
+        .filter_map(|e| Some(std::net::SocketAddr::new(e.ip?, 8443)))
+        .collect();
     reqwest::Client::builder()
+        .resolve_to_addrs(SERVICE_HOST, &pods)
         .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("PEM"))
         .tls_built_in_root_certs(false)
         .no_proxy()

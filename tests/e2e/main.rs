@@ -11,6 +11,7 @@ mod kinds;
 mod ledger;
 mod packaging;
 mod plugin;
+mod pods;
 mod support;
 
 use serde_json::Value;
@@ -59,13 +60,6 @@ fn set_policy(yaml: &str) -> Run {
         ),
         &[],
     )
-}
-
-fn serve_pid() -> String {
-    std::fs::read_to_string(cluster_dir().join("gpushare.pid"))
-        .expect("gpushare.pid")
-        .trim()
-        .to_string()
 }
 
 // ---- kubectl apply ------------------------------------------------------------------------------
@@ -434,7 +428,7 @@ fn policy_changes_apply_live_an_invalid_one_keeps_the_last_good_and_deleting_ret
     let node = TestNode::new("e2e-policy", 2);
     let ns = Namespace::new("e2e-policy");
     wait_for_node(&node, &ns);
-    let pid = serve_pid();
+    let serving = serve_identity();
     let on_gpu_1 = deployment("policy", &ns.name, &node.name, 1, &[(GPU, "1")]);
     apply(&on_gpu_1, &["--dry-run=server"]).ok();
 
@@ -486,7 +480,7 @@ fn policy_changes_apply_live_an_invalid_one_keeps_the_last_good_and_deleting_ret
             Err(run.stderr)
         }
     });
-    assert_eq!(serve_pid(), pid, "gpushare serve was restarted");
+    assert_eq!(serve_identity(), serving, "gpushare serve was restarted");
 }
 
 #[test]
@@ -615,6 +609,9 @@ fn through_a_kube_apiserver_restart_gpushare_stays_ready_answers_from_caches_and
     let before = TestNode::new("e2e-restart-a", 2);
     let ns = Namespace::new("e2e-restart");
     wait_for_node(&before, &ns);
+    // Read before the outage: in-cluster, the replicas are found through the API server.
+    let replicas = webhook_endpoints();
+    assert!(!replicas.is_empty(), "no ready gpushare replica");
     {
         let _restart = ApiserverRestart;
         cluster("stop-apiserver").ok();
@@ -624,15 +621,19 @@ fn through_a_kube_apiserver_restart_gpushare_stays_ready_answers_from_caches_and
             "kube-apiserver still answers"
         );
         for _ in 0..5 {
-            assert_eq!(
-                webhook_status("/readyz"),
-                "200",
-                "/readyz during the outage"
-            );
+            for replica in &replicas {
+                assert_eq!(
+                    replica.status("/readyz"),
+                    "200",
+                    "/readyz of {replica:?} during the outage"
+                );
+            }
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
     }
-    assert_eq!(webhook_status("/readyz"), "200");
+    for replica in &replicas {
+        assert_eq!(replica.status("/readyz"), "200", "{replica:?}");
+    }
     // Answers still come from the caches: the node known before the outage is still there.
     let pinned = deployment("cached", &ns.name, &before.name, 1, &[(GPU, "1")]);
     eventually("admissions after the restart", || {

@@ -153,8 +153,18 @@ pub fn cluster(action: &str) -> Run {
 /// Polls `check` until it returns `Some`, failing the test with `what` and the last observation
 /// when the deadline passes.
 #[track_caller]
-pub fn eventually<T>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + DEADLINE;
+pub fn eventually<T>(what: &str, check: impl FnMut() -> Result<T, String>) -> T {
+    eventually_within(DEADLINE, what, check)
+}
+
+/// `eventually` with a deadline of its own (pods that start on the real node).
+#[track_caller]
+pub fn eventually_within<T>(
+    within: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + within;
     loop {
         match check() {
             Ok(value) => return value,
@@ -356,9 +366,110 @@ pub fn assert_denied(run: &Run, prefix: &str, fragment: &str) {
     );
 }
 
-/// The HTTP status of a GET to the `make cluster` replica's own endpoint (`/readyz`).
-pub fn webhook_status(path: &str) -> String {
-    status_of(env_var("GPUSHARE_WEBHOOK_URL"), path)
+/// Whether gpushare runs as the Deployment of `manifests/` (`make cluster IN_CLUSTER=1`) rather
+/// than as a local `gpushare serve`.
+pub fn in_cluster() -> bool {
+    env().get("GPUSHARE").map(String::as_str) == Some("in-cluster")
+}
+
+/// The Service's DNS name, which the webhook's certificate carries; in-cluster replicas are called
+/// by it, dialled at their pod IPs (nothing on this machine resolves it).
+pub const SERVICE_HOST: &str = "gpushare.gpushare-system.svc";
+
+/// One replica of the cluster's gpushare, called directly rather than through kube-apiserver.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub url: String,
+    /// Where to dial `url`'s host, when it is the Service name.
+    pub ip: Option<std::net::IpAddr>,
+}
+
+impl Endpoint {
+    /// The HTTP status of a GET of `path`, trusting the webhook's dev CA; "000" when it does not
+    /// answer.
+    pub fn status(&self, path: &str) -> String {
+        let mut command = Command::new("curl");
+        command.args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+        ]);
+        if let Some(ip) = self.ip {
+            command
+                .arg("--resolve")
+                .arg(format!("{SERVICE_HOST}:8443:{ip}"));
+        }
+        command
+            .arg("--cacert")
+            .arg(env_var("GPUSHARE_WEBHOOK_CA"))
+            .arg(format!("{}{path}", self.url));
+        run(&mut command, None).stdout
+    }
+}
+
+/// The replicas of `make cluster`'s gpushare: the local serve, or the Ready pods of its
+/// Deployment (read through kubectl, so call it while kube-apiserver is up).
+pub fn webhook_endpoints() -> Vec<Endpoint> {
+    if !in_cluster() {
+        return vec![Endpoint {
+            url: env_var("GPUSHARE_WEBHOOK_URL").to_string(),
+            ip: None,
+        }];
+    }
+    let pods = get_json(&[
+        "-n",
+        "gpushare-system",
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=gpushare",
+    ]);
+    pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["status"]["containerStatuses"][0]["ready"] == true)
+        .filter_map(|p| p["status"]["podIP"].as_str()?.parse().ok())
+        .map(|ip| Endpoint {
+            url: format!("https://{SERVICE_HOST}:8443"),
+            ip: Some(ip),
+        })
+        .collect()
+}
+
+/// What tells a restarted gpushare from the one that ran before: the local serve's pid, or the
+/// uid and restart count of every replica pod.
+pub fn serve_identity() -> String {
+    if !in_cluster() {
+        return std::fs::read_to_string(cluster_dir().join("gpushare.pid"))
+            .expect("gpushare.pid")
+            .trim()
+            .to_string();
+    }
+    let pods = get_json(&[
+        "-n",
+        "gpushare-system",
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=gpushare",
+    ]);
+    let mut replicas: Vec<String> = pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            format!(
+                "{}:{}",
+                p["metadata"]["uid"].as_str().unwrap_or(""),
+                p["status"]["containerStatuses"][0]["restartCount"]
+            )
+        })
+        .collect();
+    replicas.sort();
+    replicas.join(",")
 }
 
 /// The HTTP status of a GET to a gpushare replica at `base`, trusting the webhook's dev CA;
