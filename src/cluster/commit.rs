@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 
 use super::ledger::{self, Edit, Ledger};
 use super::registration::Registration;
-use super::state::{ClusterState, OWNER_WAIT};
+use super::state::{ClusterState, Decided, OWNER_WAIT};
 use crate::core::claim::ClaimChange;
 use crate::core::decision::Operation;
 use crate::core::decision::Request;
@@ -207,10 +207,12 @@ impl Committer {
         &self,
         state: &ClusterState,
         dry_run: bool,
-        decide: impl Fn() -> (Verdict, Option<ClaimChange>),
+        decide: impl Fn() -> Decided,
     ) -> Verdict {
         let started = Instant::now();
-        let (verdict, change) = decide();
+        let Decided {
+            verdict, change, ..
+        } = decide();
         if dry_run {
             return verdict;
         }
@@ -224,7 +226,11 @@ impl Committer {
         };
         let mut last_error: String;
         loop {
-            let (verdict, change) = decide();
+            let Decided {
+                verdict,
+                change,
+                ledger_version,
+            } = decide();
             let edit = match change.map(edit_of) {
                 Some(edit) if !state.ledger_records(&edit) => edit,
                 _ => return verdict,
@@ -240,7 +246,9 @@ impl Committer {
             }
             let written = now_ms();
             let data = ledger::patch_data(std::slice::from_ref(&edit), written);
-            let result = match state.ledger_version() {
+            // The reading the decision was made against, not the one now: a ledger that moved on
+            // in between (another replica's write seen by the watch) must refuse this write.
+            let result = match ledger_version {
                 Some(version) => self.store.patch(version, data).await,
                 None => self.store.create(data).await,
             };
@@ -587,7 +595,9 @@ mod tests {
         let old = now_ms() - 60_000;
         let (kept, lost) = (deployment("kept", 1, 30), deployment("lost", 1, 30));
         for object in [&kept, &lost] {
-            let (verdict, change) = state.decide(&Request {
+            let Decided {
+                verdict, change, ..
+            } = state.decide(&Request {
                 operation: Operation::Create,
                 object,
                 old_object: None,

@@ -62,6 +62,15 @@ struct Inner {
     published: HashSet<GpuLabels>,
 }
 
+/// A decision, what it would commit, and the reading of the ledger it was made against: the
+/// commit's precondition, so that a ledger that moved on since refuses the write.
+#[derive(Debug)]
+pub struct Decided {
+    pub verdict: Verdict,
+    pub change: Option<ClaimChange>,
+    pub ledger_version: Option<String>,
+}
+
 /// What gpushare reads of a namespace's labels.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NamespaceLabels {
@@ -505,18 +514,22 @@ impl ClusterState {
     }
 
     /// Decides a workload's admission against the view, and what it would commit.
-    pub fn decide(&self, request: &Request<'_>) -> (Verdict, Option<ClaimChange>) {
+    pub fn decide(&self, request: &Request<'_>) -> Decided {
         let inner = self.lock();
         let verdict = decision::decide(request, &inner.policy, &inner.view);
         let change = match &verdict {
             Verdict::Allowed(m) => m.outcome.claim_change(request.key()),
             Verdict::Denied(_) => None,
         };
-        (verdict, change)
+        Decided {
+            verdict,
+            change,
+            ledger_version: inner.ledger.resource_version.clone(),
+        }
     }
 
     /// Decides a scale of `key` to `replicas`, from what the workload holds now.
-    pub fn decide_scale(&self, key: &WorkloadKey, replicas: u32) -> (Verdict, Option<ClaimChange>) {
+    pub fn decide_scale(&self, key: &WorkloadKey, replicas: u32) -> Decided {
         let inner = self.lock();
         let verdict = scale::decide(
             key,
@@ -529,7 +542,11 @@ impl ClusterState {
             Verdict::Allowed(m) => m.outcome.claim_change(key),
             Verdict::Denied(_) => None,
         };
-        (verdict, change)
+        Decided {
+            verdict,
+            change,
+            ledger_version: inner.ledger.resource_version.clone(),
+        }
     }
 
     /// A snapshot of the policy and the view, for `status` and tests.
@@ -696,7 +713,7 @@ pub(crate) mod tests {
             object,
             old_object: None,
         };
-        state.decide(&request).0
+        state.decide(&request).verdict
     }
 
     #[test]
@@ -830,13 +847,17 @@ pub(crate) mod tests {
         let a = key(Kind::Deployment, "a");
         state.set_ledger(ledger("3", &[claim(a.clone(), 0, 1, 40)]));
         assert!(
-            matches!(state.decide_scale(&a, 3).0, Verdict::Denied(_)),
+            matches!(state.decide_scale(&a, 3).verdict, Verdict::Denied(_)),
             "3 x 40% > 100%"
         );
-        let (verdict, change) = state.decide_scale(&a, 2);
+        let Decided {
+            verdict, change, ..
+        } = state.decide_scale(&a, 2);
         assert!(matches!(verdict, Verdict::Allowed(_)));
         assert_eq!(change, Some(ClaimChange::Hold(claim(a.clone(), 0, 2, 40))));
-        let (_, unmanaged) = state.decide_scale(&key(Kind::Deployment, "plain"), 50);
+        let unmanaged = state
+            .decide_scale(&key(Kind::Deployment, "plain"), 50)
+            .change;
         assert_eq!(
             unmanaged, None,
             "a workload that holds nothing scales freely"

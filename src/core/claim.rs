@@ -215,15 +215,19 @@ impl Claim {
                 (assigned, selected)
             }
             // Stored without gpushare's assignment (while it was down, or before it was installed):
-            // counted on the GPU its containers name, with the share they write.
+            // counted on the GPU its containers name, with the share they write; else it holds
+            // what its ephemeral containers use by hand, if anything.
             None => (
-                Assigned::written_by_hand(
+                match Assigned::written_by_hand(
                     workload
                         .pod
                         .containers
                         .iter()
                         .chain(&workload.pod.init_containers),
-                )?,
+                ) {
+                    Some(assigned) => assigned,
+                    None => return Claim::of_ephemeral(workload),
+                },
                 workload
                     .pod
                     .containers

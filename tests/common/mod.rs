@@ -492,6 +492,8 @@ pub struct Review {
     pub object: Value,
     pub old_object: Value,
     pub dry_run: bool,
+    /// `ephemeralcontainers`, `scale`, ...: the subresource the request is about.
+    pub sub_resource: Option<String>,
 }
 
 impl Review {
@@ -508,6 +510,15 @@ impl Review {
             object,
             old_object: Value::Null,
             dry_run: false,
+            sub_resource: None,
+        }
+    }
+
+    /// `kubectl debug`: an UPDATE of the Pod's `ephemeralcontainers` subresource.
+    pub fn ephemeral(object: Value, old_object: Value) -> Review {
+        Review {
+            sub_resource: Some("ephemeralcontainers".into()),
+            ..Review::update_of(object, old_object)
         }
     }
 
@@ -606,7 +617,7 @@ impl Review {
         let gvk = json!({ "group": self.group, "version": self.version, "kind": self.kind });
         let gvr =
             json!({ "group": self.group, "version": self.version, "resource": self.resource });
-        json!({
+        let mut review = json!({
             "apiVersion": "admission.k8s.io/v1",
             "kind": "AdmissionReview",
             "request": {
@@ -628,7 +639,12 @@ impl Review {
                 "dryRun": self.dry_run,
                 "options": options
             }
-        })
+        });
+        if let Some(sub_resource) = &self.sub_resource {
+            review["request"]["subResource"] = json!(sub_resource);
+            review["request"]["requestSubResource"] = json!(sub_resource);
+        }
+        review
     }
 }
 

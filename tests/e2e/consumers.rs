@@ -8,8 +8,6 @@ use serde_json::Value;
 use crate::support::*;
 use crate::{set_policy, PolicyRestore, ASSIGNED_GPU, GPU, NVD, PCT};
 
-const MANAGED_DENIED: &str = "admission webhook \"managed.gpushare.io\" denied the request";
-
 /// A tenant of `ns`: a ServiceAccount bound to the built-in `edit` role there, allowed to add
 /// ephemeral containers (`kubectl debug`). Returns the `--as` argument that acts as it.
 fn tenant(ns: &Namespace) -> String {

@@ -161,9 +161,10 @@ fn every_rule_denies_with_kubectls_webhook_message_and_stores_nothing() {
             "nvidia.com/gpu",
         ),
         (
-            "rule 1: unmanaged NVIDIA_VISIBLE_DEVICES=all",
+            // Written by hand, so it goes to the webhook that fails closed (CONTRACT 2b).
+            "rule 1: NVIDIA_VISIBLE_DEVICES=all by hand",
             visible_all,
-            UNMANAGED_DENIED,
+            MANAGED_DENIED,
             NVD,
         ),
         (

@@ -283,7 +283,9 @@ impl Drop for TestNode {
 }
 
 /// A Deployment manifest pinned to `node`, with gpushare annotations on its metadata. Its rollout
-/// runs no surge pods (`maxSurge: 0`), so that it counts `replicas` pods.
+/// runs no surge pods (`Recreate`), so that it counts `replicas` pods. (A rolling update with
+/// `maxSurge: 0` would too, but kubectl then reports every re-apply as `configured`: it always
+/// sends the strategy's retainKeys directive.)
 pub fn deployment(
     name: &str,
     namespace: &str,
@@ -309,7 +311,7 @@ metadata:
   annotations:{annotations}
 spec:
   replicas: {replicas}
-  strategy: {{rollingUpdate: {{maxSurge: 0}}}}
+  strategy: {{type: Recreate}}
   selector:
     matchLabels: {{app: {name}}}
   template:
@@ -344,8 +346,6 @@ pub fn annotation(object: &Value, metadata: &str, key: &str) -> Option<String> {
 
 /// The prefix kubectl prints for a denial by gpushare's managed webhook.
 pub const MANAGED_DENIED: &str = "admission webhook \"managed.gpushare.io\" denied the request: ";
-pub const UNMANAGED_DENIED: &str =
-    "admission webhook \"unmanaged.gpushare.io\" denied the request: ";
 
 /// Asserts kubectl's exit code and that its stderr carries the webhook's denial with `fragment`.
 #[track_caller]
@@ -490,4 +490,11 @@ pub fn status_of(base: &str, path: &str) -> String {
         .arg(env_var("GPUSHARE_WEBHOOK_CA"))
         .arg(format!("{base}{path}"));
     run(&mut command, None).stdout
+}
+
+/// The last lines of the local `gpushare serve`'s log (empty in-cluster), for failure messages.
+pub fn serve_log_tail() -> String {
+    let log = std::fs::read_to_string(cluster_dir().join("gpushare.log")).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
 }

@@ -183,3 +183,44 @@ async fn metrics_count_requests_by_kind() {
         "{metrics}"
     );
 }
+
+/// `kubectl debug` over HTTPS: the `pods/ephemeralcontainers` UPDATE as the API server sends it.
+/// gpushare never gives an ephemeral container a GPU and writes nothing; one that names the Pod's
+/// own GPU is one more client process of it, one that names another is refused (CONTRACT 2b).
+#[tokio::test]
+async fn an_ephemeral_container_writing_gpu_variables_must_name_the_pods_gpu() {
+    let server = Server::start(&[]);
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "infer", "namespace": "default", "uid": "5f1c",
+            "annotations": {GPU: "0", "gpushare.io/assigned-gpu": "0",
+                "gpushare.io/assigned-mode": "time-slicing"}},
+        "spec": {"nodeName": "standalone", "containers": [{"name": "infer", "image": "infer",
+            "env": [{"name": VISIBLE_DEVICES, "value": "0"}]}]}
+    });
+    let debugged = |value: &str| {
+        let mut debugged = pod.clone();
+        debugged["spec"]["ephemeralContainers"] = json!([{"name": "debugger", "image": "busybox",
+            "env": [{"name": VISIBLE_DEVICES, "value": value}]}]);
+        debugged
+    };
+    let same = server
+        .review(&Review::ephemeral(debugged("0"), pod.clone()).to_json())
+        .await;
+    assert!(same.allowed && same.unchanged(), "{:#}", same.review);
+    let other = server
+        .review(&Review::ephemeral(debugged("1"), pod.clone()).to_json())
+        .await;
+    other.assert_denied(403, "only one GPU");
+    let every = server
+        .review(&Review::ephemeral(debugged("all"), pod.clone()).to_json())
+        .await;
+    every.assert_denied(403, VISIBLE_DEVICES);
+    // Without GPU variables it is none of gpushare's business.
+    let mut shell = pod.clone();
+    shell["spec"]["ephemeralContainers"] = json!([{"name": "shell", "image": "busybox"}]);
+    let plain = server
+        .review(&Review::ephemeral(shell, pod.clone()).to_json())
+        .await;
+    assert!(plain.allowed && plain.unchanged(), "{:#}", plain.review);
+}
