@@ -9,6 +9,7 @@
 mod consumers;
 mod kinds;
 mod ledger;
+mod outage;
 mod packaging;
 mod plugin;
 mod pods;
@@ -43,7 +44,7 @@ fn get_deployment(ns: &Namespace, name: &str) -> Value {
 }
 
 /// The policy ConfigMap as manifests/ ship it, re-applied when a test that changed it ends.
-struct PolicyRestore;
+pub(crate) struct PolicyRestore;
 
 impl Drop for PolicyRestore {
     fn drop(&mut self) {
@@ -538,7 +539,7 @@ fn a_gpu_taken_by_a_vm_makes_its_index_unusable() {
 // ---- outages ------------------------------------------------------------------------------------
 
 /// Starts gpushare again when the outage test ends, whatever happened in it.
-struct WebhookRestart;
+pub(crate) struct WebhookRestart;
 
 impl Drop for WebhookRestart {
     fn drop(&mut self) {
