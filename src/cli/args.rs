@@ -117,6 +117,10 @@ pub struct ServeArgs {
     /// excludes); a Helm release names it after itself.
     #[arg(long, default_value = "gpushare")]
     pub webhook_configuration: String,
+    /// gpushare's own PodDisruptionBudget (in the policy ConfigMap's namespace), kept so that a
+    /// drain of the last schedulable node completes.
+    #[arg(long, default_value = "gpushare")]
+    pub disruption_budget: String,
     /// Seconds to keep serving after SIGTERM before closing the listener.
     #[arg(long, default_value_t = 5.0)]
     pub drain_delay: f64,

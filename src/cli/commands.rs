@@ -120,7 +120,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let backend = crate::cluster::start(
             client,
             &args.policy_configmap,
-            &args.webhook_configuration,
+            crate::cluster::registration::Own {
+                namespace: String::new(),
+                webhook_configuration: args.webhook_configuration.clone(),
+                disruption_budget: args.disruption_budget.clone(),
+            },
             fixed_policy,
             metrics.clone(),
         )

@@ -48,6 +48,20 @@ pub fn node(object: &K8sNode) -> Node {
     }
 }
 
+/// Whether new pods (gpushare's own among them) may land on the node: not cordoned, and no
+/// taint that keeps pods without a toleration away.
+pub fn schedulable(object: &K8sNode) -> bool {
+    let Some(spec) = &object.spec else {
+        return true;
+    };
+    !spec.unschedulable.unwrap_or(false)
+        && spec
+            .taints
+            .iter()
+            .flatten()
+            .all(|taint| !matches!(taint.effect.as_str(), "NoSchedule" | "NoExecute"))
+}
+
 /// The API resource of a workload kind, for a dynamic watch.
 pub fn api_resource(kind: Kind) -> ApiResource {
     let api_version = match kind.group() {

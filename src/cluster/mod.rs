@@ -7,7 +7,7 @@ mod convert;
 pub mod ledger;
 pub mod live;
 pub mod policy_configmap;
-mod registration;
+pub mod registration;
 mod state;
 mod stored;
 mod watch;
@@ -50,7 +50,7 @@ pub fn configmap_ref(value: &str) -> anyhow::Result<(String, String)> {
 pub async fn start(
     client: Client,
     configmap: &str,
-    webhook_configuration: &str,
+    own: registration::Own,
     fixed_policy: Option<Policy>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Arc<ClusterBackend>> {
@@ -84,8 +84,10 @@ pub async fn start(
         client.clone(),
         state.clone(),
         registration,
-        webhook_configuration.to_string(),
-        namespace.clone(),
+        registration::Own {
+            namespace: namespace.clone(),
+            ..own
+        },
     ));
     for kind in WATCHED {
         tokio::spawn(watch::workloads(client.clone(), state.clone(), kind));

@@ -2,6 +2,7 @@
 //! promise (CONTRACT section 7): the webhooks leave out the namespaces the policy excludes (the
 //! policy is live, so their namespaceSelector must follow it), and the scale webhook sees only the
 //! namespaces gpushare labelled as holding a module (a Scale carries no annotations to match on).
+//! gpushare's own PodDisruptionBudget follows the nodes, so that a drain completes (below).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use futures::future::BoxFuture;
 use futures::StreamExt;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
@@ -110,15 +112,74 @@ pub fn exclusion_patch(configuration: &Value, wanted: &[String]) -> Vec<Value> {
     ops
 }
 
+/// gpushare's PodDisruptionBudget for the nodes there are: while a node can take an evicted
+/// replica, one replica at a time may go, so one keeps serving through a drain; when none can
+/// (the one node of an edge device is being drained), none is held back, or the drain would
+/// wait forever for a replacement that cannot be scheduled.
+pub fn drain_budget(schedulable_nodes: usize) -> Value {
+    if schedulable_nodes >= 1 {
+        json!(1)
+    } else {
+        json!("100%")
+    }
+}
+
+/// Where gpushare's own objects are: its namespace, webhook configuration and disruption budget.
+pub struct Own {
+    pub namespace: String,
+    pub webhook_configuration: String,
+    pub disruption_budget: String,
+}
+
+/// Writes the budget `drain_budget` asks for, when it changed (and once a minute, to repair a
+/// re-applied manifest).
+async fn follow_nodes(
+    api: &Api<PodDisruptionBudget>,
+    name: &str,
+    state: &ClusterState,
+    written: &mut Option<(Value, Instant)>,
+) {
+    let wanted = drain_budget(state.schedulable_nodes());
+    if written
+        .as_ref()
+        .is_some_and(|(value, at)| *value == wanted && at.elapsed() < Duration::from_secs(60))
+    {
+        return;
+    }
+    let patch = json!({"spec": {"maxUnavailable": wanted, "minAvailable": null}});
+    match api
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => {
+            if written.as_ref().is_none_or(|(value, _)| *value != wanted) {
+                tracing::info!(budget = %name, max_unavailable = %wanted, "disruption budget follows the schedulable nodes");
+            }
+            *written = Some((wanted, Instant::now()));
+        }
+        Err(kube::Error::Api(status)) if status.code == 404 => {
+            // No budget installed (the chart's podDisruptionBudget.enabled: false).
+            *written = Some((wanted, Instant::now()));
+        }
+        Err(error) => tracing::warn!(%error, budget = %name, "cannot update the disruption budget"),
+    }
+}
+
 /// Keeps the webhook configuration `name` and the namespace labels in step with the policy and
 /// the modules, for as long as the server runs.
 pub async fn follow(
     client: Client,
     state: Arc<ClusterState>,
     registration: Arc<dyn Registration>,
-    name: String,
-    own_namespace: String,
+    own: Own,
 ) {
+    let Own {
+        namespace: own_namespace,
+        webhook_configuration: name,
+        disruption_budget,
+    } = own;
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &own_namespace);
+    let mut budget_written = None;
     let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut events = std::pin::pin!(watcher::watcher(api.clone(), config).default_backoff());
@@ -164,6 +225,7 @@ pub async fn follow(
             }
         }
         relabel(&state, registration.as_ref(), &mut unmanaged_since).await;
+        follow_nodes(&budgets, &disruption_budget, &state, &mut budget_written).await;
     }
 }
 
@@ -212,6 +274,13 @@ async fn relabel(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_drain_of_the_last_schedulable_node_holds_no_replica_back() {
+        assert_eq!(drain_budget(0), json!("100%"));
+        assert_eq!(drain_budget(1), json!(1));
+        assert_eq!(drain_budget(5), json!(1));
+    }
 
     #[test]
     fn every_webhook_excluding_by_name_follows_the_wanted_list() {

@@ -50,6 +50,8 @@ struct Inner {
     held: HashMap<WorkloadKey, Claim>,
     /// Namespaces that carry gpushare's label for the scale webhook.
     labelled: HashSet<String>,
+    /// Nodes new pods may land on (not cordoned, not tainted against them).
+    schedulable: HashSet<String>,
     /// The uid of each stored workload that may own others, to forget it when it goes.
     owner_uids: HashMap<WorkloadKey, String>,
     /// The stored workloads that name each owner uid: checked again when that owner changes.
@@ -211,6 +213,7 @@ impl ClusterState {
                 stored: HashMap::new(),
                 held: HashMap::new(),
                 labelled: HashSet::new(),
+                schedulable: HashSet::new(),
                 owner_uids: HashMap::new(),
                 dependents: HashMap::new(),
                 ledger: Ledger::default(),
@@ -273,6 +276,25 @@ impl ClusterState {
                 inner.labelled.insert(name);
             }
         }
+    }
+
+    /// Replaces the nodes new pods may land on (after a full list).
+    pub fn replace_schedulable(&self, names: HashSet<String>) {
+        self.lock().schedulable = names;
+    }
+
+    pub fn set_schedulable(&self, name: &str, schedulable: bool) {
+        let mut inner = self.lock();
+        if schedulable {
+            inner.schedulable.insert(name.to_string());
+        } else {
+            inner.schedulable.remove(name);
+        }
+    }
+
+    /// How many nodes new pods may land on: where an evicted replica of gpushare can go.
+    pub fn schedulable_nodes(&self) -> usize {
+        self.lock().schedulable.len()
     }
 
     /// Whether `namespace` carries gpushare's label for the scale webhook.

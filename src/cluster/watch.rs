@@ -57,6 +57,7 @@ where
 pub async fn nodes(client: Client, state: Arc<ClusterState>) {
     let api: Api<Node> = Api::all(client);
     let mut listing = Vec::new();
+    let mut schedulable = std::collections::HashSet::new();
     let events = logged(
         Cache::Nodes,
         watcher::watcher(api, watcher::Config::default()).default_backoff(),
@@ -64,14 +65,31 @@ pub async fn nodes(client: Client, state: Arc<ClusterState>) {
     let mut events = std::pin::pin!(events);
     while let Some(event) = events.next().await {
         match event {
-            Event::Init => listing.clear(),
-            Event::InitApply(node) => listing.push(convert::node(&node)),
+            Event::Init => {
+                listing.clear();
+                schedulable.clear();
+            }
+            Event::InitApply(node) => {
+                if convert::schedulable(&node) {
+                    schedulable.insert(node.metadata.name.clone().unwrap_or_default());
+                }
+                listing.push(convert::node(&node));
+            }
             Event::InitDone => {
                 state.replace_nodes(std::mem::take(&mut listing));
+                state.replace_schedulable(std::mem::take(&mut schedulable));
                 state.mark_synced(Cache::Nodes);
             }
-            Event::Apply(node) => state.apply_node(convert::node(&node)),
-            Event::Delete(node) => state.delete_node(&node.metadata.name.unwrap_or_default()),
+            Event::Apply(node) => {
+                let name = node.metadata.name.clone().unwrap_or_default();
+                state.set_schedulable(&name, convert::schedulable(&node));
+                state.apply_node(convert::node(&node));
+            }
+            Event::Delete(node) => {
+                let name = node.metadata.name.unwrap_or_default();
+                state.set_schedulable(&name, false);
+                state.delete_node(&name);
+            }
         }
     }
 }

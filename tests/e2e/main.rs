@@ -7,6 +7,7 @@
 //! and works in a namespace of its own, so GPU capacity is never shared between tests.
 
 mod consumers;
+mod drain;
 mod kinds;
 mod ledger;
 mod outage;
