@@ -456,8 +456,9 @@ async fn status_prints_the_table_of_a_seeded_cluster() {
         .collect();
     assert_eq!(
         rows[0],
-        ["NODE", "GPU", "MODE", "RESERVED", "CLIENTS", "MPS%", "MODULES"]
+        ["NODE", "GPU", "MODE", "RESERVED", "CLIENTS", "MPS%", "RUNNING", "MODULES"]
     );
+    // No kubelet here: counted, and no pod running (what an operator must see).
     assert_eq!(
         rows[1],
         [
@@ -467,21 +468,17 @@ async fn status_prints_the_table_of_a_seeded_cluster() {
             "no",
             "3/48",
             "-",
-            "default/Deployment/tracker"
-        ]
+            "0",
+            "default/Deployment/tracker(3)"
+        ],
+        "{table}"
     );
     assert_eq!(
-        rows[2],
-        [
-            "edge-1",
-            "1",
-            "mps",
-            "no",
-            "2/48",
-            "40/100",
-            "default/Deployment/vision"
-        ]
+        rows[2][..7],
+        ["edge-1", "1", "mps", "no", "2/48", "40/100", "0"],
+        "{table}"
     );
+    assert_eq!(rows[2][7], "default/Deployment/vision(2x20%)");
 
     let output = run_with_deadline(
         gpushare()
@@ -492,6 +489,22 @@ async fn status_prints_the_table_of_a_seeded_cluster() {
     let json: Value = serde_json::from_slice(&output.stdout).expect("status -o json is JSON");
     assert_eq!(json[1]["committedMpsPercentage"], 40);
     assert_eq!(json[1]["modules"], json!(["default/Deployment/vision"]));
+    assert_eq!(json[1]["runningPods"], 0);
+    let share = &json[1]["shares"][0];
+    assert_eq!(
+        (
+            &share["kind"],
+            &share["name"],
+            &share["pods"],
+            &share["mpsPercentage"]
+        ),
+        (
+            &json!("Deployment"),
+            &json!("vision"),
+            &json!(2),
+            &json!(20)
+        )
+    );
 
     cluster.api.stop().await;
     let output = run_with_deadline(

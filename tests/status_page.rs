@@ -316,11 +316,17 @@ fn fill_width(meter: &Element) -> String {
     fill[0].attr("style").trim().to_owned()
 }
 
+/// The modules a GPU card lists, by their `namespace/Kind/name`.
 fn modules(gpu: &Element) -> Vec<String> {
-    elements(&gpu.inner, "li", "")
+    shares(gpu)
         .iter()
-        .map(Element::text)
+        .map(|s| s.attr("data-module").to_string())
         .collect()
+}
+
+/// Each module's share of a GPU, as the card lists it.
+fn shares(gpu: &Element) -> Vec<Element> {
+    elements(&gpu.inner, "li", "class=\"share\"")
 }
 
 /// The page loads nothing: no script, stylesheet, image, font, frame or link to elsewhere.
@@ -415,8 +421,78 @@ fn status_html_from_manifests_shows_each_gpu_with_its_bars_and_modules() {
         modules(gpu1),
         ["edge/Deployment/classifier", "edge/Deployment/detector"]
     );
+    // Each module's share: its pods and percentage, in words and as data.
+    for share in shares(gpu1) {
+        let (pods, used) = (share.attr("data-pods"), share.attr("data-used"));
+        assert!(
+            share.text().contains(&format!("{pods} pods x "))
+                && share.text().contains(&format!("= {used}%")),
+            "{}",
+            share.text()
+        );
+        assert_eq!(
+            share.attr("data-running"),
+            "",
+            "offline: running pods are unknown"
+        );
+    }
+    let used: u32 = shares(gpu1)
+        .iter()
+        .map(|s| s.attr("data-used").parse::<u32>().expect("a number"))
+        .sum();
+    assert_eq!(
+        used, 80,
+        "the modules' shares add up to the GPU's committed percentage"
+    );
 
     browser.screenshot(&url, "status-page-from-manifests.png");
+}
+
+/// 40 modules on one GPU: every share is listed (in a list that scrolls instead of stretching
+/// the card), and the page still renders in the window.
+#[test]
+fn forty_modules_on_one_gpu_are_each_listed_with_their_share() {
+    let Some(chromium) = chromium() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manifests: String = (0..40)
+        .map(|i| {
+            format!(
+                "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: job-{i:02}, namespace: edge, \
+                 annotations: {{gpushare.io/gpu: \"1\", gpushare.io/mps-percentage: \"2\"}}}}\n\
+                 spec: {{template: {{spec: {{restartPolicy: Never, containers: [{{name: c, image: c}}]}}}}}}\n---\n"
+            )
+        })
+        .collect();
+    let file = dir.path().join("forty.yaml");
+    std::fs::write(&file, manifests).expect("write manifests");
+    let output = run_with_deadline(
+        gpushare()
+            .args(["status", "-o", "html", "--gpus", "2", "--policy"])
+            .arg(fixture_path("policy-gpu1-mps.yaml"))
+            .arg("--from")
+            .arg(&file),
+        None,
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let page = dir.path().join("forty.html");
+    std::fs::write(&page, &output.stdout).expect("write the page");
+    let browser = Browser::new(chromium);
+    let url = format!("file://{}", page.display());
+    let dom = browser.dom(&url);
+    let gpus = gpus(&dom);
+    let gpu1 = &gpus[&("standalone".to_owned(), "1".to_owned())];
+    let listed = shares(gpu1);
+    assert_eq!(listed.len(), 40, "every module is listed");
+    assert!(listed.iter().all(|s| s.attr("data-used") == "2"));
+    assert!(
+        dom.contains("max-height:420px;overflow-y:auto"),
+        "the list scrolls"
+    );
+    browser.screenshot(&url, "status-page-forty-modules.png");
 }
 
 #[tokio::test]

@@ -17,7 +17,7 @@ use crate::cli::policy_file::{self, read_policy};
 use crate::cli::{check, check_json, kubeconfig};
 use crate::core::inventory::Inventory;
 use crate::core::policy::Policy;
-use crate::core::status;
+use crate::core::status::{self, RunningPods};
 use crate::webhook::metrics::Metrics;
 use crate::webhook::server::{self, AppState, Limits};
 use crate::webhook::service::{AdmissionService, Backend, StandaloneBackend};
@@ -106,7 +106,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             label: "standalone: each request is checked on its own, nothing is stored, so usage stays 0".into(),
             rows: Arc::new(move || {
                 let (policy, inventory) = view.snapshot();
-                status::rows(&inventory, &policy)
+                status::rows(&inventory, &policy, None)
             }),
         };
         backend
@@ -138,11 +138,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let view = backend.state.clone();
         metrics.follow_policy(move || view.policy());
         let view = backend.state.clone();
+        metrics.follow_shares(move || {
+            let (policy, inventory) = view.snapshot();
+            status::rows(&inventory, &policy, Some(&view.running_pods()))
+        });
+        let view = backend.state.clone();
         status_source = StatusSource {
             label: "cluster, as this replica's caches see it".into(),
             rows: Arc::new(move || {
                 let (policy, inventory) = view.snapshot();
-                status::rows(&inventory, &policy)
+                status::rows(&inventory, &policy, Some(&view.running_pods()))
             }),
         };
         backend
@@ -309,20 +314,20 @@ pub async fn status(args: StatusArgs) -> ExitCode {
         policy_or_default(args.policy.as_deref()).and_then(|policy| {
             let documents = check::load(&args.from)?;
             let report = check::check(documents, &policy, Inventory::standalone(args.gpus));
-            Ok((policy, report.inventory, Vec::new()))
+            Ok((policy, report.inventory, None, Vec::new()))
         })
     };
     for note in &notes {
         eprintln!("note: {note}");
     }
-    let (policy, inventory, warnings) = match result {
+    let (policy, inventory, running, warnings) = match result {
         Ok(found) => found,
         Err(error) => return fail(&error),
     };
     for warning in &warnings {
         eprintln!("warning: {warning}");
     }
-    let rows = status::rows(&inventory, &policy);
+    let rows = status::rows(&inventory, &policy, running.as_ref());
     match args.output {
         StatusOutput::Table => print!("{}", status::render_table(&rows)),
         StatusOutput::Json => println!(
@@ -350,18 +355,18 @@ async fn read_cluster(
     args: &StatusArgs,
     fixed_policy: Option<Policy>,
     notes: &mut Vec<String>,
-) -> anyhow::Result<(Policy, Inventory, Vec<String>)> {
+) -> anyhow::Result<(Policy, Inventory, Option<RunningPods>, Vec<String>)> {
     let client = kubeconfig::client(
         &args.cluster,
         "pass --from FILE to show the allocation of manifests instead",
     )
     .await?;
     let configmap = args.policy_configmap.as_deref();
-    let (policy, inventory) =
+    let (policy, inventory, running) =
         crate::cluster::snapshot(&client, configmap, fixed_policy, notes).await?;
     let trust = crate::cluster::webhook_trust::check(&client).await;
     notes.extend(trust.notes);
-    Ok((policy, inventory, trust.warnings))
+    Ok((policy, inventory, Some(running), trust.warnings))
 }
 
 pub fn version() -> ExitCode {

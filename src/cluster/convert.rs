@@ -101,6 +101,8 @@ pub fn workload(kind: Kind, object: StoredWorkload) -> Workload {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Held {
     pub own: Option<Claim>,
+    /// A Pod's node while it runs: the pods running now, shown beside the shares (`status`).
+    pub running_on: Option<String>,
     /// Stored without gpushare's assignment and counted from the variables its containers write
     /// by hand: not counted while policy `handWrittenGpuEnv` is `allow`.
     pub by_hand: bool,
@@ -136,6 +138,10 @@ impl Held {
     }
 }
 
+fn workload_running(phase: &str) -> bool {
+    phase == "Running"
+}
+
 /// One stored object as the cache keeps it.
 #[derive(Debug, Clone)]
 pub struct StoredObject {
@@ -149,6 +155,7 @@ pub struct StoredObject {
 /// A stored object in the cache's terms.
 pub fn stored(kind: Kind, object: StoredWorkload) -> StoredObject {
     let key = key(kind, &object);
+    let raw_phase = object.raw.status.phase.clone();
     let workload = workload(kind, object);
     let owner = (kind != Kind::Pod && !workload.uid().is_empty()).then(|| {
         (
@@ -170,8 +177,12 @@ pub fn stored(kind: Kind, object: StoredWorkload) -> StoredObject {
         exempt: Claim::of_stored(&workload, true),
     });
     let holds_nothing = own.is_none() && controlled.as_ref().is_none_or(|c| c.exempt.is_none());
+    let running_on = (kind == Kind::Pod && workload_running(&raw_phase))
+        .then(|| workload.pod.node_name.clone())
+        .filter(|node| !node.is_empty());
     let held = (!holds_nothing).then_some(Held {
         own,
+        running_on,
         by_hand,
         controlled,
     });

@@ -29,6 +29,7 @@ pub const LEDGER_CONFIGMAP: &str = "gpushare-ledger";
 
 use crate::core::inventory::Inventory;
 use crate::core::policy::Policy;
+use crate::core::status::RunningPods;
 use crate::core::workload::Kind;
 use crate::webhook::metrics::Metrics;
 
@@ -118,7 +119,7 @@ pub async fn snapshot(
     configmap: Option<&str>,
     fixed_policy: Option<Policy>,
     notes: &mut Vec<String>,
-) -> anyhow::Result<(Policy, Inventory)> {
+) -> anyhow::Result<(Policy, Inventory, RunningPods)> {
     let policy = match fixed_policy {
         Some(policy) => policy,
         None => policy_configmap::read(client, configmap, notes).await?,
@@ -148,5 +149,5 @@ pub async fn snapshot(
         view.replace_stored(kind, objects);
     }
     let (_, inventory) = view.snapshot();
-    Ok((policy, inventory))
+    Ok((policy, inventory, view.running_pods()))
 }

@@ -13,6 +13,7 @@ use crate::core::decision::{self, Request};
 use crate::core::inventory::{GpuRow, Inventory, Node, PodSecurity};
 use crate::core::policy::Policy;
 use crate::core::scale;
+use crate::core::status::RunningPods;
 use crate::core::verdict::Verdict;
 use crate::core::workload::{Kind, WorkloadKey};
 use crate::webhook::metrics::{CacheLabels, GpuLabels, KindLabels, Metrics};
@@ -461,6 +462,7 @@ impl ClusterState {
             owner: None,
             held: claim.map(|own| Held {
                 own: Some(own),
+                running_on: None,
                 by_hand: false,
                 controlled: None,
             }),
@@ -477,6 +479,7 @@ impl ClusterState {
                 owner: None,
                 held: Some(Held {
                     own: Some(own),
+                    running_on: None,
                     by_hand: false,
                     controlled: None,
                 }),
@@ -569,6 +572,48 @@ impl ClusterState {
             change,
             ledger_version: inner.ledger.resource_version.clone(),
         }
+    }
+
+    /// The pods running now, by the module they belong to (a Pod made by a ReplicaSet of a
+    /// Deployment belongs to the Deployment) and node: what `status` shows beside the shares.
+    pub fn running_pods(&self) -> RunningPods {
+        let inner = self.lock();
+        let owner_keys: HashMap<&str, &WorkloadKey> = inner
+            .owner_uids
+            .iter()
+            .map(|(key, uid)| (uid.as_str(), key))
+            .collect();
+        let mut running = RunningPods::new();
+        for (key, held) in &inner.stored {
+            let Some(node) = &held.running_on else {
+                continue;
+            };
+            let (mut module, mut current) = (key, held);
+            // Pod -> ReplicaSet -> Deployment, or Pod -> Job -> CronJob: two steps at most.
+            for _ in 0..2 {
+                let Some(controlled) = current
+                    .controlled
+                    .as_ref()
+                    .filter(|c| inner.view.trusts_owner(&c.controller, c.fingerprint))
+                else {
+                    break;
+                };
+                let Some(owner) = owner_keys.get(controlled.controller.uid.as_str()) else {
+                    break;
+                };
+                module = owner;
+                match inner.stored.get(*owner) {
+                    Some(next) => current = next,
+                    None => break,
+                }
+            }
+            *running
+                .entry(module.clone())
+                .or_default()
+                .entry(node.clone())
+                .or_default() += 1;
+        }
+        running
     }
 
     /// A snapshot of the policy and the view, for `status` and tests.

@@ -1,11 +1,18 @@
-//! `gpushare status`: the per-node, per-GPU usage table, for people (`table`) and machines (`json`).
+//! `gpushare status`: the per-node, per-GPU usage table, with each module's share of each GPU and
+//! the pods running now, for people (`table`) and machines (`json`).
+
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
 use crate::core::inventory::{GpuRow, Inventory};
 use crate::core::policy::Policy;
+use crate::core::workload::WorkloadKey;
 
-#[derive(Debug, Serialize)]
+/// The pods running now, by module and node (cluster mode; unknown offline).
+pub type RunningPods = HashMap<WorkloadKey, BTreeMap<String, u32>>;
+
+#[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusRow {
     pub node: String,
@@ -19,39 +26,118 @@ pub struct StatusRow {
     pub committed_mps_percentage: u32,
     /// `maxMpsPercentagePerGpu`, `None` when uncapped.
     pub mps_percentage_cap: Option<u32>,
+    /// Pods of these modules running on this node now; `None` when unknown (offline).
+    pub running_pods: Option<u32>,
+    /// Each module's share of this GPU.
+    pub shares: Vec<ModuleShare>,
 }
 
-pub fn rows(inventory: &Inventory, policy: &Policy) -> Vec<StatusRow> {
+/// What one module holds of one GPU of one node.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModuleShare {
+    pub namespace: String,
+    pub kind: String,
+    pub name: String,
+    /// Pods counted per candidate node (a rollout's surge included).
+    pub pods: u32,
+    pub client_processes: u32,
+    /// The module's MPS percentage per pod (mps modules).
+    pub mps_percentage: Option<u32>,
+    pub committed_mps_percentage: u32,
+    /// Its pods running on this node now; `None` when unknown (offline).
+    pub running_pods: Option<u32>,
+}
+
+impl ModuleShare {
+    /// `namespace/Kind/name`.
+    pub fn module(&self) -> String {
+        format!("{}/{}/{}", self.namespace, self.kind, self.name)
+    }
+}
+
+pub fn rows(
+    inventory: &Inventory,
+    policy: &Policy,
+    running: Option<&RunningPods>,
+) -> Vec<StatusRow> {
     inventory
         .table(policy)
         .into_iter()
-        .map(
-            |GpuRow {
-                 node,
-                 gpu,
-                 mode,
-                 reserved,
-                 usage,
-             }| StatusRow {
-                node,
-                gpu: gpu.0,
-                mode: mode.to_string(),
-                reserved_for_vm: reserved,
-                modules: usage.modules.iter().map(ToString::to_string).collect(),
-                client_processes: usage.clients,
-                max_client_processes: policy.max_clients(mode),
-                committed_mps_percentage: usage.percentage,
-                mps_percentage_cap: policy.max_mps_percentage_per_gpu,
-            },
-        )
+        .map(|row| status_row(row, inventory, policy, running))
         .collect()
+}
+
+fn status_row(
+    row: GpuRow,
+    inventory: &Inventory,
+    policy: &Policy,
+    running: Option<&RunningPods>,
+) -> StatusRow {
+    let GpuRow {
+        node,
+        gpu,
+        mode,
+        reserved,
+        usage,
+    } = row;
+    let running_of = |key: &WorkloadKey| {
+        running.map(|running| {
+            running
+                .get(key)
+                .and_then(|nodes| nodes.get(&node))
+                .copied()
+                .unwrap_or(0)
+        })
+    };
+    let shares: Vec<ModuleShare> = usage
+        .modules
+        .iter()
+        .filter_map(|key| inventory.claim(key))
+        .map(|claim| ModuleShare {
+            namespace: claim.key.namespace.clone(),
+            kind: claim.key.kind.to_string(),
+            name: claim.key.name.clone(),
+            pods: claim.pods(),
+            client_processes: claim.clients(),
+            mps_percentage: claim
+                .assigned
+                .share
+                .percentage()
+                .map(|p| p.get() + claim.extra_percentage),
+            committed_mps_percentage: claim.committed_percentage(),
+            running_pods: running_of(&claim.key),
+        })
+        .collect();
+    let running_pods = running.map(|_| shares.iter().filter_map(|s| s.running_pods).sum());
+    StatusRow {
+        node,
+        gpu: gpu.0,
+        mode: mode.to_string(),
+        reserved_for_vm: reserved,
+        modules: usage.modules.iter().map(ToString::to_string).collect(),
+        client_processes: usage.clients,
+        max_client_processes: policy.max_clients(mode),
+        committed_mps_percentage: usage.percentage,
+        mps_percentage_cap: policy.max_mps_percentage_per_gpu,
+        running_pods,
+        shares,
+    }
+}
+
+/// One module's share as the table shows it: `2x50%` (mps: pods x percentage) or `2` (pods).
+fn share_text(share: &ModuleShare) -> String {
+    match share.mps_percentage {
+        Some(p) => format!("{}x{p}%", share.pods),
+        None => share.pods.to_string(),
+    }
 }
 
 pub fn render_table(rows: &[StatusRow]) -> String {
     let header = [
-        "NODE", "GPU", "MODE", "RESERVED", "CLIENTS", "MPS%", "MODULES",
+        "NODE", "GPU", "MODE", "RESERVED", "CLIENTS", "MPS%", "RUNNING", "MODULES",
     ];
-    let cells: Vec<[String; 7]> = rows
+    let cells: Vec<[String; 8]> = rows
         .iter()
         .map(|r| {
             let mps = match (r.mode.as_str(), r.mps_percentage_cap) {
@@ -59,6 +145,11 @@ pub fn render_table(rows: &[StatusRow]) -> String {
                 ("mps", None) => format!("{}", r.committed_mps_percentage),
                 _ => "-".into(),
             };
+            let modules: Vec<String> = r
+                .shares
+                .iter()
+                .map(|s| format!("{}({})", s.module(), share_text(s)))
+                .collect();
             [
                 r.node.clone(),
                 r.gpu.to_string(),
@@ -70,10 +161,11 @@ pub fn render_table(rows: &[StatusRow]) -> String {
                 },
                 format!("{}/{}", r.client_processes, r.max_client_processes),
                 mps,
-                if r.modules.is_empty() {
+                r.running_pods.map_or("-".into(), |n| n.to_string()),
+                if modules.is_empty() {
                     "-".into()
                 } else {
-                    r.modules.join(",")
+                    modules.join(",")
                 },
             ]
         })

@@ -12,6 +12,7 @@ use prometheus_client::registry::Registry;
 
 use crate::core::domain::Mode;
 use crate::core::policy::Policy;
+use crate::core::status::StatusRow;
 
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
@@ -63,8 +64,23 @@ struct ModeLabels {
     mode: &'static str,
 }
 
+/// One module's share of one GPU of one node: a series a dashboard can join with the device's
+/// own GPU metrics (which cannot tell which pod uses a shared GPU).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModuleLabels {
+    pub namespace: String,
+    pub kind: String,
+    pub name: String,
+    pub node: String,
+    pub gpu: String,
+    pub mode: String,
+}
+
 /// Where the policy in force is read at each scrape.
 type PolicySource = Box<dyn Fn() -> Arc<Policy> + Send + Sync>;
+
+/// Where the per-module shares are read at each scrape.
+type ShareSource = Box<dyn Fn() -> Vec<StatusRow> + Send + Sync>;
 
 /// Upper bounds of the admission latency buckets: 50 µs doubling to ~3.3 s (admission is
 /// expected well under a millisecond), then the webhook's 5 s timeout and 10 s, so that a slow
@@ -88,6 +104,10 @@ pub struct Metrics {
     policy_max_mps_percentage: Gauge,
     policy_max_clients: Family<ModeLabels, Gauge>,
     policy_source: OnceLock<PolicySource>,
+    module_percentage: Family<ModuleLabels, Gauge>,
+    module_clients: Family<ModuleLabels, Gauge>,
+    module_running: Family<ModuleLabels, Gauge>,
+    share_source: OnceLock<ShareSource>,
 }
 
 impl Default for Metrics {
@@ -182,8 +202,30 @@ impl Metrics {
             "Client processes one GPU may take, by mode: the policy's maxClientsPerGpu (never above 48 for mps)",
             policy_max_clients.clone(),
         );
+        let module_percentage = Family::<ModuleLabels, Gauge>::default();
+        registry.register(
+            "module_committed_mps_percentage",
+            "Committed MPS percentage of one module on one GPU of one node (pods x its percentage)",
+            module_percentage.clone(),
+        );
+        let module_clients = Family::<ModuleLabels, Gauge>::default();
+        registry.register(
+            "module_client_processes",
+            "Client processes one module counts on one GPU of one node",
+            module_clients.clone(),
+        );
+        let module_running = Family::<ModuleLabels, Gauge>::default();
+        registry.register(
+            "module_running_pods",
+            "Pods of one module running on a node now (cluster mode): 0 beside a committed share means it holds a GPU no pod uses",
+            module_running.clone(),
+        );
         let metrics = Metrics {
             registry,
+            module_percentage,
+            module_clients,
+            module_running,
+            share_source: OnceLock::new(),
             policy_max_mps_percentage,
             policy_max_clients,
             policy_source: OnceLock::new(),
@@ -210,6 +252,41 @@ impl Metrics {
         let _ = self.policy_source.set(Box::new(source));
     }
 
+    /// Exports each module's share of each GPU from the rows `source` returns, read at each scrape
+    /// (the series of modules that went away go with them). Set once.
+    pub fn follow_shares(&self, source: impl Fn() -> Vec<StatusRow> + Send + Sync + 'static) {
+        let _ = self.share_source.set(Box::new(source));
+    }
+
+    fn publish_shares(&self, rows: &[StatusRow]) {
+        self.module_percentage.clear();
+        self.module_clients.clear();
+        self.module_running.clear();
+        for row in rows {
+            for share in &row.shares {
+                let labels = ModuleLabels {
+                    namespace: share.namespace.clone(),
+                    kind: share.kind.clone(),
+                    name: share.name.clone(),
+                    node: row.node.clone(),
+                    gpu: row.gpu.to_string(),
+                    mode: row.mode.clone(),
+                };
+                self.module_percentage
+                    .get_or_create(&labels)
+                    .set(i64::from(share.committed_mps_percentage));
+                self.module_clients
+                    .get_or_create(&labels)
+                    .set(i64::from(share.client_processes));
+                if let Some(running) = share.running_pods {
+                    self.module_running
+                        .get_or_create(&labels)
+                        .set(i64::from(running));
+                }
+            }
+        }
+    }
+
     fn publish_policy(&self, policy: &Policy) {
         self.policy_max_mps_percentage
             .set(policy.max_mps_percentage_per_gpu.map_or(0, i64::from));
@@ -226,6 +303,9 @@ impl Metrics {
     pub fn render(&self) -> String {
         if let Some(source) = self.policy_source.get() {
             self.publish_policy(&source());
+        }
+        if let Some(source) = self.share_source.get() {
+            self.publish_shares(&source());
         }
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");

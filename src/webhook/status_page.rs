@@ -11,7 +11,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
-use crate::core::status::StatusRow;
+use crate::core::status::{ModuleShare, StatusRow};
 
 /// Where the served page gets its rows, read on every request.
 #[derive(Clone)]
@@ -64,7 +64,7 @@ pub fn router(source: StatusSource, refresh_seconds: u32) -> Router {
 }
 
 /// How full a bar is, in percent of its limit (may exceed 100), or `None` without a limit.
-fn share(used: u32, limit: Option<u32>) -> Option<u32> {
+fn share_of(used: u32, limit: Option<u32>) -> Option<u32> {
     match limit {
         Some(limit) if limit > 0 => {
             Some(u32::try_from(u64::from(used) * 100 / u64::from(limit)).unwrap_or(u32::MAX))
@@ -84,7 +84,7 @@ fn level(percent: Option<u32>) -> &'static str {
 
 /// One bar: `metric` names it for tests and styles, `name` and `text` caption it.
 fn bar(out: &mut String, metric: &str, name: &str, used: u32, limit: Option<u32>, text: &str) {
-    let percent = share(used, limit);
+    let percent = share_of(used, limit);
     let width = percent.map_or(0, |p| p.min(100));
     let max = limit
         .map(|l| format!(" aria-valuemax=\"{l}\""))
@@ -148,13 +148,69 @@ fn gpu(out: &mut String, row: &StatusRow) {
         };
         let _ = write!(out, "<p class=\"none\">{why}</p>");
     } else {
+        if let Some(running) = row.running_pods {
+            let _ = write!(
+                out,
+                "<p class=\"running\" data-running-pods=\"{running}\">{running} pod{} of these modules \
+                 running on this node now</p>",
+                if running == 1 { "" } else { "s" }
+            );
+        }
         out.push_str("<ul class=\"modules\">");
-        for module in &row.modules {
-            let _ = write!(out, "<li>{}</li>", escape(module));
+        for share in &row.shares {
+            module_share(out, row, share);
         }
         out.push_str("</ul>");
     }
     out.push_str("</article>");
+}
+
+fn pods(n: u32) -> String {
+    format!("{n} pod{}", if n == 1 { "" } else { "s" })
+}
+
+/// One module's share of the GPU: what it holds, and a small bar of its part of the limit.
+fn module_share(out: &mut String, row: &StatusRow, share: &ModuleShare) {
+    let (used, limit, text) = match (row.mode.as_str(), share.mps_percentage) {
+        ("mps", Some(p)) => (
+            share.committed_mps_percentage,
+            row.mps_percentage_cap,
+            format!(
+                "{} x {p}% = {}%",
+                pods(share.pods),
+                share.committed_mps_percentage
+            ),
+        ),
+        _ => (
+            share.client_processes,
+            Some(row.max_client_processes),
+            format!(
+                "{}, {} client processes",
+                pods(share.pods),
+                share.client_processes
+            ),
+        ),
+    };
+    let running = share
+        .running_pods
+        .map(|n| format!(", {n} running"))
+        .unwrap_or_default();
+    let width = share_of(used, limit).map_or(0, |p| p.min(100));
+    let _ = write!(
+        out,
+        "<li class=\"share\" data-module=\"{module}\" data-namespace=\"{namespace}\" data-kind=\"{kind}\" \
+         data-name=\"{name}\" data-pods=\"{pods}\" data-used=\"{used}\" data-running=\"{running_attr}\">\
+         <span class=\"who\">{module}</span><span class=\"what\">{text}{running}</span>\
+         <span class=\"mini\"><span style=\"width: {width}%\"></span></span></li>",
+        module = escape(&share.module()),
+        namespace = escape(&share.namespace),
+        kind = escape(&share.kind),
+        name = escape(&share.name),
+        pods = share.pods,
+        running_attr = share.running_pods.map(|n| n.to_string()).unwrap_or_default(),
+        text = escape(&text),
+        running = escape(&running),
+    );
 }
 
 /// The whole page. Rows of one node are grouped in its section, in the order given.
@@ -230,7 +286,13 @@ h1{margin:0;font-size:24px}h2{margin:0 0 12px;font-size:18px}h3{margin:0;font-si
 .track{height:14px;margin-top:2px;border-radius:4px;background:#e9ecef;overflow:hidden}\
 .fill{height:100%;background:var(--ok)}\
 .meter.high .fill{background:var(--high)}.meter.full .fill{background:var(--full)}.meter.over .fill{background:var(--over)}\
-.modules{margin:8px 0 0;padding-left:20px}.none,.empty{margin:8px 0 0;color:#5b6570}\
+.modules{margin:8px 0 0;padding:0;list-style:none;max-height:420px;overflow-y:auto}\
+.share{display:grid;grid-template-columns:1fr auto;gap:0 8px;padding:3px 0;border-top:1px solid #eef0f3;font-size:13px}\
+.share .who{overflow-wrap:anywhere}.share .what{color:#39424c;white-space:nowrap}\
+.share .mini{grid-column:1/3;height:4px;border-radius:2px;background:#e9ecef;overflow:hidden}\
+.share .mini span{display:block;height:100%;background:#5c6bc0}\
+.running{margin:8px 0 0;font-size:13px;color:#39424c}\
+.none,.empty{margin:8px 0 0;color:#5b6570}\
 footer{color:#5b6570;font-size:13px}";
 
 /// Text and attribute values, escaped for HTML.
@@ -293,6 +355,8 @@ mod tests {
             max_client_processes: 48,
             committed_mps_percentage: 0,
             mps_percentage_cap: Some(100),
+            running_pods: None,
+            shares: vec![],
         }
     }
 
@@ -305,10 +369,10 @@ mod tests {
 
     #[test]
     fn shares_and_levels() {
-        assert_eq!(share(50, Some(100)), Some(50));
-        assert_eq!(share(120, Some(100)), Some(120));
-        assert_eq!(share(3, Some(0)), None);
-        assert_eq!(share(3, None), None);
+        assert_eq!(share_of(50, Some(100)), Some(50));
+        assert_eq!(share_of(120, Some(100)), Some(120));
+        assert_eq!(share_of(3, Some(0)), None);
+        assert_eq!(share_of(3, None), None);
         assert_eq!(level(Some(79)), "ok");
         assert_eq!(level(Some(80)), "high");
         assert_eq!(level(Some(100)), "full");
@@ -318,7 +382,17 @@ mod tests {
     #[test]
     fn nodes_group_their_gpus_and_text_is_escaped() {
         let mut mps = row("edge-1", 1, "mps");
-        mps.modules = vec!["default/<script>".into()];
+        mps.modules = vec!["default/Deployment/<script>".into()];
+        mps.shares = vec![ModuleShare {
+            namespace: "default".into(),
+            kind: "Deployment".into(),
+            name: "<script>".into(),
+            pods: 3,
+            client_processes: 3,
+            mps_percentage: Some(40),
+            committed_mps_percentage: 120,
+            running_pods: Some(2),
+        }];
         mps.committed_mps_percentage = 120;
         let rows = [
             row("edge-1", 0, "time-slicing"),
@@ -328,7 +402,8 @@ mod tests {
         let page = render(&rows, &PageOptions::default());
         assert_eq!(page.matches("<section class=\"node\"").count(), 2);
         assert_eq!(page.matches("<article class=\"gpu").count(), 3);
-        assert!(page.contains("default/&lt;script&gt;"));
+        assert!(page.contains("default/Deployment/&lt;script&gt;"));
+        assert!(page.contains("3 pods x 40% = 120%, 2 running"));
         assert!(!page.contains("<script"));
         assert!(
             page.contains("class=\"meter over\""),

@@ -14,6 +14,7 @@ mod outage;
 mod packaging;
 mod plugin;
 mod pods;
+mod shares;
 mod support;
 
 use serde_json::Value;
