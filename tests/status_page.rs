@@ -425,7 +425,7 @@ fn status_html_from_manifests_shows_each_gpu_with_its_bars_and_modules() {
     for share in shares(gpu1) {
         let (pods, used) = (share.attr("data-pods"), share.attr("data-used"));
         assert!(
-            share.text().contains(&format!("{pods} pods x "))
+            share.text().contains(&format!("{pods} pod"))
                 && share.text().contains(&format!("= {used}%")),
             "{}",
             share.text()
