@@ -305,7 +305,9 @@ fn kubectl_gpushare_status_and_check_run_through_kubectl() {
                     "no",
                     "3/48",
                     "-",
-                    module.as_str(),
+                    // No kubelet on this node: counted, nothing running.
+                    "0",
+                    format!("{module}(3)").as_str(),
                 ]
         }),
         "{}",
