@@ -218,7 +218,7 @@ impl Committer {
         }
         // Unmanaged, denied, or nothing new: no write, no wait (the common case).
         match change.map(edit_of) {
-            Some(edit) if !state.ledger_records(&edit) => {}
+            Some(edit) if !state.counts(&edit) => {}
             _ => return verdict,
         }
         let Ok(_guard) = tokio::time::timeout(self.budget, self.lock.lock()).await else {
@@ -232,7 +232,7 @@ impl Committer {
                 ledger_version,
             } = decide();
             let edit = match change.map(edit_of) {
-                Some(edit) if !state.ledger_records(&edit) => edit,
+                Some(edit) if !state.counts(&edit) => edit,
                 _ => return verdict,
             };
             if let Err(error) = self.label_namespace(state, &edit).await {
@@ -291,6 +291,7 @@ impl Committer {
         }
         let _guard = self.lock.lock().await;
         let now = now_ms();
+        state.expire_ghosts(now);
         let edits = state.reconcile_edits(now);
         if edits.is_empty() {
             return;
@@ -302,9 +303,9 @@ impl Committer {
         };
         match result {
             Ok(cm) => {
-                tracing::info!(
-                    edits = edits.len(),
-                    "ledger reconciled with the stored workloads"
+                tracing::debug!(
+                    removed = edits.len(),
+                    "ledger entries the stored workloads now show removed"
                 );
                 state.set_ledger(Ledger::from_configmap(&cm));
             }
@@ -578,7 +579,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn reconciliation_frees_what_was_never_stored_and_keeps_what_was() {
+    async fn reconciliation_empties_the_ledger_and_only_what_was_stored_still_counts() {
         let store: Arc<MemoryStore> = Arc::new(MemoryStore::default());
         let (state, committer) = (state(1), Committer::new(store.clone()));
         for cache in [
@@ -616,10 +617,54 @@ mod tests {
         state.apply_claim(kept.key.clone(), Some(kept_claim));
         committer.reconcile(&state).await;
         let stored = Ledger::from_configmap(&store.object.lock().unwrap().clone().unwrap());
-        assert!(stored.entries.contains_key(&kept.key));
         assert!(
-            !stored.entries.contains_key(&lost.key),
+            stored.entries.is_empty(),
+            "the ledger holds what is in flight only: {:?}",
+            stored.entries.keys()
+        );
+        let (_, view) = state.snapshot();
+        assert!(
+            view.claim(&kept.key).is_some(),
+            "the stored workload still counts"
+        );
+        assert!(
+            view.claim(&lost.key).is_none(),
             "a never-stored commitment was kept"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_entry_another_replica_removed_before_this_ones_caches_showed_it_still_counts() {
+        let store: Arc<MemoryStore> = Arc::new(MemoryStore::default());
+        let (one, two) = (state(1), state(1));
+        let (c1, c2) = (Committer::new(store.clone()), Committer::new(store.clone()));
+        let module = deployment("a", 1, 60);
+        assert!(allowed(&admit(&one, &c1, &module, false).await));
+        // Replica two reads the ledger with the entry (its watch), its caches still empty.
+        c2.refresh(&two).await;
+        // Replica one's caches show the stored workload; a while later its reconcile removes the entry.
+        let claim = one.snapshot().1.claim(&module.key).unwrap().clone();
+        one.apply_claim(module.key.clone(), Some(claim.clone()));
+        let entry = Ledger::from_configmap(&store.object.lock().unwrap().clone().unwrap());
+        let written = entry.entries[&module.key].written_ms;
+        let edits = ledger::reconcile(
+            &entry,
+            &[(module.key.clone(), claim)].into(),
+            written + 2_500,
+        );
+        assert_eq!(edits.len(), 1);
+        let cm = store
+            .patch(one.ledger_version().unwrap(), ledger::patch_data(&edits, 0))
+            .await
+            .unwrap();
+        one.set_ledger(Ledger::from_configmap(&cm));
+        // Replica two's watch delivers the removal before its workload cache shows the object.
+        two.set_ledger(Ledger::from_configmap(&cm));
+        assert_eq!(two.in_flight(), (0, 1), "kept as a ghost");
+        let verdict = admit(&two, &c2, &deployment("b", 1, 60), false).await;
+        assert!(
+            matches!(&verdict, Verdict::Denied(d) if d.rule == Rule::Capacity),
+            "60% + 60%: {verdict:?}"
         );
     }
 }

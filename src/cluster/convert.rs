@@ -177,9 +177,12 @@ pub fn stored(kind: Kind, object: StoredWorkload) -> StoredObject {
         exempt: Claim::of_stored(&workload, true),
     });
     let holds_nothing = own.is_none() && controlled.as_ref().is_none_or(|c| c.exempt.is_none());
-    let running_on = (kind == Kind::Pod && workload_running(&raw_phase))
-        .then(|| workload.pod.node_name.clone())
-        .filter(|node| !node.is_empty());
+    // A terminating pod is on its way out (its grace period is the admin's to set).
+    let running_on = (kind == Kind::Pod
+        && workload_running(&raw_phase)
+        && workload.metadata.deletion_timestamp.is_none())
+    .then(|| workload.pod.node_name.clone())
+    .filter(|node| !node.is_empty());
     let held = (!holds_nothing).then_some(Held {
         own,
         running_on,

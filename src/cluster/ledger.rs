@@ -1,10 +1,16 @@
-//! The ledger: every replica's commitments, recorded in the API server (CONTRACT section 6a).
+//! The ledger: the commitments admitted but not yet seen stored, recorded in the API server
+//! (CONTRACT section 6a).
 //!
-//! One ConfigMap (`gpushare-system/gpushare-ledger`) holds one entry per committed workload:
-//! key `<Kind>.<namespace>.<name>`, value the claim as compact JSON with the time it was written.
+//! What a stored workload holds is recorded on the workload itself (its `gpushare.io/assigned-*`
+//! annotations and pods count), and every replica reads it from its watch caches. The ledger covers
+//! only the gap between an admission's answer and the stored object reaching the caches: one
+//! ConfigMap (`gpushare-system/gpushare-ledger`) with an entry per commitment in flight (key
+//! `<Kind>.<namespace>.<name>`, value the claim as compact JSON with the time it was written).
 //! Admissions write it with a resourceVersion precondition (see `commit`), so two replicas can
-//! never both commit the last share of a GPU; `reconcile` brings it back in line with the stored
-//! workloads, as Kubernetes' quota controller recalculates ResourceQuota usage.
+//! never both commit the last share of a GPU; `reconcile` removes an entry once the stored
+//! workload shows it, or after `GRACE` when it never does. The ConfigMap therefore holds what is
+//! in flight, never one entry per workload: its size and the cost of a commit do not grow with
+//! the number of managed workloads, as Kubernetes' ResourceQuota keeps totals, not objects.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -24,8 +30,9 @@ use crate::core::workload::{Kind, WorkloadKey};
 /// Commitments of workloads that were never stored are freed after this plus one reconcile period.
 pub const GRACE: Duration = Duration::from_secs(5);
 
-/// How often each replica reconciles the ledger with its caches.
-pub const RECONCILE_PERIOD: Duration = Duration::from_secs(2);
+/// How often each replica reconciles the ledger with its caches: entries stored workloads now
+/// show leave it this often, which bounds its size by the admissions of about this long.
+pub const RECONCILE_PERIOD: Duration = Duration::from_secs(1);
 
 /// One commitment, and when (Unix milliseconds, the writer's clock) it was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,38 +236,35 @@ pub fn patch_data(edits: &[Edit], written_ms: u64) -> Map<String, Value> {
         .collect()
 }
 
-/// What the ledger must change to match the stored workloads (`stored`: the claim each cached
-/// workload holds). An entry the stored workloads do not show (never stored, deleted, or stored
-/// differently) is trusted for `GRACE` after it was written, then freed or corrected; a stored
-/// claim the ledger lacks (admitted before the ledger existed) is added.
+/// How long an entry stays after this replica's caches show its stored workload: the other
+/// replicas' caches get as long to show it too (one whose caches lag more keeps the entry as a
+/// ghost only if its ledger watch saw the entry at all).
+pub const SETTLE: Duration = Duration::from_secs(2);
+
+/// The entries the ledger no longer needs (`stored`: the claim each cached workload holds): those
+/// a stored workload has shown for a while, and those older than `GRACE` (never stored, deleted
+/// since, or stored otherwise: the stored object counts from then on). Nothing is ever added here.
 pub fn reconcile(ledger: &Ledger, stored: &HashMap<WorkloadKey, Claim>, now_ms: u64) -> Vec<Edit> {
-    let grace_ms = GRACE.as_millis() as u64;
-    let mut edits = Vec::new();
-    for (key, entry) in &ledger.entries {
-        let expired = now_ms.saturating_sub(entry.written_ms) >= grace_ms;
-        match stored.get(key) {
-            Some(claim) if *claim == entry.claim => {}
-            Some(claim) if expired => edits.push(Edit {
-                key: key.clone(),
-                claim: Some(claim.clone()),
-            }),
-            None if expired => edits.push(Edit {
-                key: key.clone(),
-                claim: None,
-            }),
-            _ => {}
-        }
-    }
-    for (key, claim) in stored {
-        if !ledger.entries.contains_key(key) {
-            edits.push(Edit {
-                key: key.clone(),
-                claim: Some(claim.clone()),
-            });
-        }
-    }
+    let settled =
+        |entry: &Entry| now_ms.saturating_sub(entry.written_ms) >= SETTLE.as_millis() as u64;
+    let mut edits: Vec<Edit> = ledger
+        .entries
+        .iter()
+        .filter(|(key, entry)| {
+            (stored.get(*key) == Some(&entry.claim) && settled(entry)) || is_expired(entry, now_ms)
+        })
+        .map(|(key, _)| Edit {
+            key: key.clone(),
+            claim: None,
+        })
+        .collect();
     edits.sort_by(|a, b| a.key.cmp(&b.key));
     edits
+}
+
+/// Whether an entry is past the time its workload should have reached every cache.
+pub fn is_expired(entry: &Entry, now_ms: u64) -> bool {
+    now_ms.saturating_sub(entry.written_ms) >= GRACE.as_millis() as u64
 }
 
 #[cfg(test)]
@@ -351,28 +355,32 @@ mod tests {
     }
 
     #[test]
-    fn a_stored_claim_is_kept_corrected_or_added() {
-        let kept = claim("kept", 0, 1, 20);
-        let scaled = claim("scaled", 0, 2, 20);
-        let old = claim("scaled", 0, 1, 20);
-        let missing = claim("missing", 1, 1, 10);
-        let ledger = ledger(&[(kept.clone(), 0), (old, 0)]);
-        let stored: HashMap<_, _> = [&kept, &scaled, &missing]
+    fn an_entry_leaves_once_the_stored_workload_shows_it_and_nothing_is_ever_added() {
+        let shown = claim("shown", 0, 1, 20);
+        let pending = claim("pending", 0, 2, 20);
+        let stale = claim("pending", 0, 1, 20);
+        let only_stored = claim("only-stored", 1, 1, 10);
+        let ledger = ledger(&[(shown.clone(), 9_000), (pending.clone(), 9_000)]);
+        let stored: HashMap<_, _> = [&shown, &stale, &only_stored]
             .into_iter()
             .map(|c| (c.key.clone(), c.clone()))
             .collect();
+        assert!(
+            reconcile(&ledger, &stored, 10_000).is_empty(),
+            "shown, but the other replicas' caches get SETTLE to show it too"
+        );
         assert_eq!(
-            reconcile(&ledger, &stored, 60_000),
-            vec![
-                Edit {
-                    key: missing.key.clone(),
-                    claim: Some(missing)
-                },
-                Edit {
-                    key: scaled.key.clone(),
-                    claim: Some(scaled)
-                },
-            ]
+            reconcile(&ledger, &stored, 11_000),
+            vec![Edit {
+                key: shown.key.clone(),
+                claim: None
+            }],
+            "the shown entry leaves; the pending one waits for its stored object; no stored claim is copied in"
+        );
+        assert_eq!(
+            reconcile(&ledger, &stored, 60_000).len(),
+            2,
+            "after GRACE the stored object counts, whatever it shows"
         );
     }
 

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::convert::{Held, StoredObject};
-use super::ledger::{self, Edit, Ledger};
+use super::ledger::{self, Edit, Entry, Ledger};
 use crate::core::claim::{Claim, ClaimChange};
 use crate::core::decision::{self, Request};
 use crate::core::inventory::{GpuRow, Inventory, Node, PodSecurity};
@@ -58,6 +58,10 @@ struct Inner {
     /// The stored workloads that name each owner uid: checked again when that owner changes.
     dependents: HashMap<String, HashSet<WorkloadKey>>,
     ledger: Ledger,
+    /// Entries that left the ledger before this replica's caches showed their stored workload
+    /// (another replica's caches were faster): still counted, until the caches show it or the
+    /// entry would have expired anyway. Without them a lagging replica would count neither.
+    ghosts: HashMap<WorkloadKey, Entry>,
     /// Nodes, and for each workload its ledger entry or else its stored claim: what decisions read.
     view: Inventory,
     synced: Vec<Cache>,
@@ -113,10 +117,19 @@ impl Inner {
             Some(claim) => self.held.insert(key.clone(), claim),
             None => self.held.remove(key),
         };
+        if self
+            .ghosts
+            .get(key)
+            .is_some_and(|ghost| self.held.get(key) == Some(&ghost.claim))
+        {
+            // The caches caught up.
+            self.ghosts.remove(key);
+        }
         let counted = self
             .ledger
             .entries
             .get(key)
+            .or_else(|| self.ghosts.get(key))
             .map(|entry| &entry.claim)
             .or_else(|| self.held.get(key));
         if self.view.claim(key) == counted {
@@ -218,6 +231,7 @@ impl ClusterState {
                 owner_uids: HashMap::new(),
                 dependents: HashMap::new(),
                 ledger: Ledger::default(),
+                ghosts: HashMap::new(),
                 view: {
                     let mut view = Inventory::default();
                     view.verify_owners();
@@ -510,9 +524,51 @@ impl ClusterState {
                 .filter(|key| !inner.ledger.entries.contains_key(*key))
                 .cloned(),
         );
+        // Entries that left while this replica's caches do not show them yet stay counted.
+        let now = super::commit::now_ms();
+        let left: Vec<(WorkloadKey, Entry)> = inner
+            .ledger
+            .entries
+            .iter()
+            .filter(|(key, entry)| {
+                !ledger.entries.contains_key(*key)
+                    && inner.held.get(*key) != Some(&entry.claim)
+                    && !ledger::is_expired(entry, now)
+            })
+            .map(|(key, entry)| (key.clone(), entry.clone()))
+            .collect();
+        for key in ledger.entries.keys() {
+            inner.ghosts.remove(key);
+        }
+        inner.ghosts.extend(left);
         inner.ledger = ledger;
         let changes = inner.refresh_claims(keys);
         self.publish_changes(&mut inner, changes);
+    }
+
+    /// Forgets the ghosts whose entry would have expired by now.
+    pub fn expire_ghosts(&self, now_ms: u64) {
+        let mut inner = self.lock();
+        let expired: Vec<WorkloadKey> = inner
+            .ghosts
+            .iter()
+            .filter(|(_, entry)| ledger::is_expired(entry, now_ms))
+            .map(|(key, _)| key.clone())
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        for key in &expired {
+            inner.ghosts.remove(key);
+        }
+        let changes = inner.refresh_claims(expired);
+        self.publish_changes(&mut inner, changes);
+    }
+
+    /// How many entries the ledger and the ghosts hold now (metrics and tests).
+    pub fn in_flight(&self) -> (usize, usize) {
+        let inner = self.lock();
+        (inner.ledger.entries.len(), inner.ghosts.len())
     }
 
     /// The ledger ConfigMap was deleted: nothing is recorded any more.
@@ -528,8 +584,14 @@ impl ClusterState {
         self.lock().ledger.resource_version.clone()
     }
 
-    pub fn ledger_records(&self, edit: &Edit) -> bool {
-        self.lock().ledger.records(edit)
+    /// Whether what `edit` commits is already counted (by a stored workload, the ledger or a
+    /// ghost): then nothing is written. A workload that frees its share is never recorded as
+    /// such: its stored object stops counting once it is stored (the safe direction).
+    pub fn counts(&self, edit: &Edit) -> bool {
+        match &edit.claim {
+            Some(claim) => self.lock().view.claim(&edit.key) == Some(claim),
+            None => true,
+        }
     }
 
     /// What the ledger must change to match the stored workloads.

@@ -84,3 +84,37 @@ async fn a_namespace_is_labelled_for_the_scale_webhook_before_its_first_module_i
         "labelled by the time the module is admitted"
     );
 }
+
+/// The ledger holds what is in flight, never one entry per workload (CONTRACT section 6a): after
+/// 40 modules are admitted and stored it empties again, so its size and the cost of a commit do
+/// not grow with the number of managed workloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_empties_once_the_admitted_workloads_are_stored() {
+    let cluster = Cluster::start(vec![node("edge-1", 2, "a")]).await;
+    let ledger_entries = |api: &fake_apiserver::FakeApiServer| {
+        api.get("ConfigMap", Some("gpushare-system"), "gpushare-ledger")
+            .map(|cm| cm["data"].as_object().map_or(0, |data| data.len()))
+            .unwrap_or(0)
+    };
+    for i in 0..40 {
+        let answer = cluster
+            .create(module(&format!("m{i}"), 1, &[("gpushare.io/gpu", "auto")]))
+            .await;
+        assert!(answer.allowed, "{:#}", answer.review);
+    }
+    assert!(ledger_entries(&cluster.api) > 0, "admissions were recorded");
+    eventually("the ledger to hold nothing in flight", || async {
+        ledger_entries(&cluster.api) == 0
+    })
+    .await;
+    // Every module still counts, from its stored object: 40 clients fill GPU 0 and 1 as auto
+    // spread them (20 each), so the next 30-client module fits neither.
+    let big = cluster
+        .probe(&module("big", 30, &[("gpushare.io/gpu", "auto")]))
+        .await;
+    assert!(
+        !big.allowed,
+        "the stored modules still count: {:#}",
+        big.review
+    );
+}

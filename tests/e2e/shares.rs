@@ -83,13 +83,17 @@ spec:
     )
 }
 
-/// The pods of `app` that run now (a terminating pod still runs), and the MPS percentage each has.
+/// The pods of `app` that run now and are not being stopped, and the MPS percentage each has.
+/// (A terminating pod gets its grace period to stop; the Deployment controller starts its
+/// replacement at once, whatever the strategy but Recreate.)
 fn running(ns: &str, app: &str) -> Vec<u32> {
     get_json(&["-n", ns, "pods", "-l", &format!("app={app}")])["items"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|pod| pod["status"]["phase"] == "Running")
+        .filter(|pod| {
+            pod["status"]["phase"] == "Running" && pod["metadata"]["deletionTimestamp"].is_null()
+        })
         .map(|pod| {
             template_env(pod, "", "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE")
                 .and_then(|p| p.parse().ok())

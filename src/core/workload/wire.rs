@@ -102,6 +102,9 @@ pub struct ObjectMeta {
     /// are named by it.
     #[serde(default, deserialize_with = "nullable")]
     pub uid: String,
+    /// Set once the object is being deleted (a terminating Pod).
+    #[serde(default)]
+    pub deletion_timestamp: Option<String>,
     /// `None` when the object has no annotations map at all (a patch must then add the map).
     #[serde(default)]
     pub annotations: Option<BTreeMap<String, String>>,
@@ -118,6 +121,9 @@ pub struct OwnerReference {
     pub kind: String,
     #[serde(default, deserialize_with = "nullable")]
     pub uid: String,
+    /// Set once the object is being deleted (a terminating Pod).
+    #[serde(default)]
+    pub deletion_timestamp: Option<String>,
     #[serde(default, deserialize_with = "nullable")]
     pub name: String,
     #[serde(default, deserialize_with = "nullable")]
