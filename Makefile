@@ -3,7 +3,7 @@ CARGO ?= cargo
 BIN := target/debug/gpushare
 KUBECTL ?= kubectl
 
-.PHONY: build run test lint fmt certs check-examples deploy inject-ca undeploy bench clean cluster cluster-down e2e controlplane install
+.PHONY: build run test lint fmt certs check-examples deploy inject-ca undeploy bench bench-cluster clean cluster cluster-down e2e controlplane install
 
 # `make install`: gpushare and the kubectl plugin kubectl-gpushare (a link to it) into BINDIR.
 # PROFILE=dev installs the debug build (fast, for trying it out).
@@ -84,6 +84,14 @@ bench:
 	$(CARGO) bench --locked --bench review
 	$(CARGO) bench --locked --bench admission
 	$(CARGO) bench --locked --bench cluster_scale
+	$(MAKE) --no-print-directory bench-cluster
+
+# The ledger and commits through the real kube-apiserver and etcd: gpushare's release image, 2
+# replicas (`make cluster IN_CLUSTER=1`), 100 / 2,000 / 20,000 managed workloads over 100 nodes.
+# Not in `make test` or CI (it takes tens of minutes); CLUSTER_API_SIZES picks other sizes.
+bench-cluster:
+	$(MAKE) --no-print-directory cluster IN_CLUSTER=1
+	$(CARGO) bench --locked --bench cluster_api
 
 # gpushare's image without a Docker engine: an OCI archive (IMAGE_ARCHIVE, named IMAGE) of a static
 # release binary, non-root (65532), no shell; the Dockerfile builds the same where Docker runs.

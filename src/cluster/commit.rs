@@ -225,6 +225,7 @@ impl Committer {
             return unrecorded("too many admissions waiting to record theirs");
         };
         let mut last_error: String;
+        let mut conflicts = 0u32;
         loop {
             let Decided {
                 verdict,
@@ -254,10 +255,25 @@ impl Committer {
             };
             match result {
                 Ok(cm) => {
+                    let size = cm
+                        .data
+                        .iter()
+                        .flatten()
+                        .map(|(k, v)| k.len() + v.len())
+                        .sum::<usize>();
                     state.set_ledger(Ledger::from_configmap(&cm));
+                    // What `make bench-cluster` reads: the commit's cost as gpushare sees it.
+                    tracing::debug!(
+                        object = %edit.key,
+                        commit_us = started.elapsed().as_micros() as u64,
+                        conflicts,
+                        ledger_bytes = size,
+                        "commit"
+                    );
                     return verdict;
                 }
                 Err(StoreError::Conflict | StoreError::NotFound | StoreError::AlreadyExists) => {
+                    conflicts += 1;
                     last_error = "the ledger changed; read again".into();
                     self.refresh(state).await;
                 }

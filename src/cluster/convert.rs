@@ -157,7 +157,10 @@ pub fn stored(kind: Kind, object: StoredWorkload) -> StoredObject {
     let key = key(kind, &object);
     let raw_phase = object.raw.status.phase.clone();
     let workload = workload(kind, object);
-    let owner = (kind != Kind::Pod && !workload.uid().is_empty()).then(|| {
+    // Only a template that uses a GPU can vouch for objects that do (their fingerprints must be
+    // equal): owners without one are not kept, so a cluster's unmanaged workloads cost nothing.
+    let uses_gpu = workload.has_gpushare_annotations() || handwritten::any(&workload);
+    let owner = (kind != Kind::Pod && uses_gpu && !workload.uid().is_empty()).then(|| {
         (
             workload.uid().to_string(),
             Owner {
