@@ -79,6 +79,8 @@ fn a_drain_of_the_only_node_completes_with_the_shipped_disruption_budget() {
     let selector = selector();
     wait_for_budget(serde_json::json!(1));
     let stand_in = !in_cluster();
+    // Dropped in reverse: the node is uncordoned first, then (in-cluster) gpushare waited for.
+    let _restart = in_cluster().then_some(WebhookRestart);
     let _uncordon = Uncordon;
     if stand_in {
         let labels: String = selector
@@ -119,7 +121,6 @@ spec:
         }
     });
 
-    let _restart = in_cluster().then_some(WebhookRestart);
     let drain = kubectl(&[
         "drain",
         NODE,
