@@ -19,7 +19,7 @@ use gpushare::core::policy::Policy;
 use gpushare::core::workload::Kind;
 use gpushare::webhook::admission::{Response, ReviewResponse, API_VERSION, KIND};
 use gpushare::webhook::metrics::Metrics;
-use gpushare::webhook::service::{AdmissionService, StaticBackend};
+use gpushare::webhook::service::{AdmissionService, StandaloneBackend};
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
 use serde_json::{json, Value};
@@ -64,17 +64,17 @@ struct Service {
     service: AdmissionService,
 }
 
-/// Built once and shared by every case: a StaticBackend keeps no state between requests.
+/// Built once and shared by every case: a standalone backend keeps no state between requests.
 fn services() -> &'static [Service] {
     static SERVICES: OnceLock<Vec<Service>> = OnceLock::new();
     SERVICES.get_or_init(|| {
         let service = |name, policy: Policy| Service {
             name,
             service: AdmissionService {
-                backend: Arc::new(StaticBackend {
-                    policy: policy.clone(),
-                    inventory: Inventory::standalone(Some(2)),
-                }),
+                backend: Arc::new(StandaloneBackend::new(
+                    policy.clone(),
+                    Inventory::standalone(Some(2)),
+                )),
                 metrics: Arc::new(Metrics::new()),
             },
             policy,

@@ -12,9 +12,11 @@ use serde_json::Value;
 
 use crate::core::annotations;
 use crate::core::claim::Assigned;
+use crate::core::claim::ClaimChange;
 use crate::core::decision::{self, Operation, Request};
 use crate::core::inventory::Inventory;
 use crate::core::policy::Policy;
+use crate::core::record::{decide_on, Memory};
 use crate::core::verdict::{Outcome, Verdict};
 use crate::core::workload::{Kind, RawObject, Workload, WorkloadKey};
 
@@ -253,16 +255,17 @@ pub fn check(documents: Vec<Document>, policy: &Policy, inventory: Inventory) ->
 pub fn check_against(
     documents: Vec<Document>,
     policy: &Policy,
-    mut inventory: Inventory,
+    inventory: Inventory,
     stored: &Stored,
 ) -> Report {
     let mut report = Report::default();
+    let record = Memory::new(policy.clone(), inventory);
     for Document { value, .. } in documents {
-        let (value, line) = check_one(value, policy, &mut inventory, stored);
+        let (value, line) = check_one(value, &record, stored);
         report.objects.push(value);
         report.lines.extend(line);
     }
-    report.inventory = inventory;
+    report.inventory = record.into_inventory();
     report
 }
 
@@ -282,12 +285,7 @@ fn has_gpushare_annotations(value: &Value) -> bool {
     .any(|a| a.keys().any(|k| k.starts_with(annotations::PREFIX)))
 }
 
-fn check_one(
-    mut value: Value,
-    policy: &Policy,
-    inventory: &mut Inventory,
-    stored: &Stored,
-) -> (Value, Option<Line>) {
+fn check_one(mut value: Value, record: &Memory, stored: &Stored) -> (Value, Option<Line>) {
     let (api_version, kind_name) = (text_at(&value, "/apiVersion"), text_at(&value, "/kind"));
     let name = text_at(&value, "/metadata/name").to_string();
     let object = ObjectName {
@@ -330,7 +328,10 @@ fn check_one(
         object: &workload,
         old_object,
     };
-    let mutation = match decision::decide(&request, policy, inventory) {
+    let (verdict, _) = decide_on(record, |policy, inventory| {
+        decision::decide(&request, policy, inventory)
+    });
+    let mutation = match verdict {
         Verdict::Denied(denial) => return (value, denied(denial.message)),
         Verdict::Allowed(mutation) => mutation,
     };
@@ -340,7 +341,7 @@ fn check_one(
     }
     if !matches!(mutation.outcome, Outcome::Assigned(_)) {
         // An UPDATE that leaves the workload holding nothing frees what the stored one held.
-        inventory.free(&workload.key);
+        record.commit_now(&ClaimChange::Free(workload.key.clone()));
     }
     let summary = match mutation.outcome {
         Outcome::Controlled(controller) => {
@@ -357,7 +358,7 @@ fn check_one(
         }
         Outcome::Assigned(claim) => {
             let assigned = claim.assigned;
-            inventory.hold(claim);
+            record.commit_now(&ClaimChange::Hold(claim));
             Detail::Assigned(assigned)
         }
         Outcome::Excluded => Detail::Allowed("namespace excluded by policy".into()),

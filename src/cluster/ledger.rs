@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::core::claim::{Assigned, Claim, Share};
+use crate::core::claim::{Assigned, Claim, ClaimChange, Share};
 use crate::core::domain::{GpuIndex, Mode, Percentage};
 use crate::core::inventory::Placement;
 use crate::core::pods::{PodCount, Surge};
@@ -47,13 +47,6 @@ pub struct Ledger {
     /// `None` while the ConfigMap does not exist.
     pub resource_version: Option<String>,
     pub entries: HashMap<WorkloadKey, Entry>,
-}
-
-/// One change to the ledger: what a workload now holds (`Some`), or that it holds nothing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Edit {
-    pub key: WorkloadKey,
-    pub claim: Option<Claim>,
 }
 
 /// The ConfigMap key of a workload. Kinds have no dots and namespaces are DNS labels, so the
@@ -177,15 +170,6 @@ impl Ledger {
         }
     }
 
-    /// Whether the ledger already records what `edit` asks for (then nothing is written).
-    pub fn records(&self, edit: &Edit) -> bool {
-        match (&edit.claim, self.entries.get(&edit.key)) {
-            (Some(claim), Some(entry)) => entry.claim == *claim,
-            (None, None) => true,
-            _ => false,
-        }
-    }
-
     /// Whether `other` is a later state of the same ConfigMap. Resource versions are etcd
     /// revisions; an unparsable one is taken as newer, so a reading is never stuck.
     pub fn is_older_than(&self, other: &Ledger) -> bool {
@@ -198,40 +182,22 @@ impl Ledger {
             (Some(_), None) => false,
         }
     }
-
-    pub fn apply(&mut self, edits: &[Edit], written_ms: u64) {
-        for edit in edits {
-            match &edit.claim {
-                Some(claim) => {
-                    self.entries.insert(
-                        edit.key.clone(),
-                        Entry {
-                            claim: claim.clone(),
-                            written_ms,
-                        },
-                    );
-                }
-                None => {
-                    self.entries.remove(&edit.key);
-                }
-            }
-        }
-    }
 }
 
-/// The `data` of a JSON merge patch that makes `edits` (`null` removes a key).
-pub fn patch_data(edits: &[Edit], written_ms: u64) -> Map<String, Value> {
-    edits
+/// The `data` of a JSON merge patch that makes `changes` (a freed workload's entry is removed:
+/// `null`).
+pub fn patch_data(changes: &[ClaimChange], written_ms: u64) -> Map<String, Value> {
+    changes
         .iter()
-        .map(|edit| {
-            let value = match &edit.claim {
-                Some(claim) => Value::String(encode_entry(&Entry {
+        .map(|change| {
+            let value = match change {
+                ClaimChange::Hold(claim) => Value::String(encode_entry(&Entry {
                     claim: claim.clone(),
                     written_ms,
                 })),
-                None => Value::Null,
+                ClaimChange::Free(_) => Value::Null,
             };
-            (entry_key(&edit.key), value)
+            (entry_key(change.key()), value)
         })
         .collect()
 }
@@ -244,22 +210,23 @@ pub const SETTLE: Duration = Duration::from_secs(2);
 /// The entries the ledger no longer needs (`stored`: the claim each cached workload holds): those
 /// a stored workload has shown for a while, and those older than `GRACE` (never stored, deleted
 /// since, or stored otherwise: the stored object counts from then on). Nothing is ever added here.
-pub fn reconcile(ledger: &Ledger, stored: &HashMap<WorkloadKey, Claim>, now_ms: u64) -> Vec<Edit> {
+pub fn reconcile(
+    ledger: &Ledger,
+    stored: &HashMap<WorkloadKey, Claim>,
+    now_ms: u64,
+) -> Vec<ClaimChange> {
     let settled =
         |entry: &Entry| now_ms.saturating_sub(entry.written_ms) >= SETTLE.as_millis() as u64;
-    let mut edits: Vec<Edit> = ledger
+    let mut keys: Vec<WorkloadKey> = ledger
         .entries
         .iter()
         .filter(|(key, entry)| {
             (stored.get(*key) == Some(&entry.claim) && settled(entry)) || is_expired(entry, now_ms)
         })
-        .map(|(key, _)| Edit {
-            key: key.clone(),
-            claim: None,
-        })
+        .map(|(key, _)| key.clone())
         .collect();
-    edits.sort_by(|a, b| a.key.cmp(&b.key));
-    edits
+    keys.sort();
+    keys.into_iter().map(ClaimChange::Free).collect()
 }
 
 /// Whether an entry is past the time its workload should have reached every cache.
@@ -347,10 +314,7 @@ mod tests {
         );
         assert_eq!(
             reconcile(&ledger, &stored, 10_000 + 5_000),
-            vec![Edit {
-                key: unstored.key,
-                claim: None
-            }]
+            vec![ClaimChange::Free(unstored.key)]
         );
     }
 
@@ -371,10 +335,7 @@ mod tests {
         );
         assert_eq!(
             reconcile(&ledger, &stored, 11_000),
-            vec![Edit {
-                key: shown.key.clone(),
-                claim: None
-            }],
+            vec![ClaimChange::Free(shown.key.clone())],
             "the shown entry leaves; the pending one waits for its stored object; no stored claim is copied in"
         );
         assert_eq!(
@@ -394,29 +355,13 @@ mod tests {
     }
 
     #[test]
-    fn records_and_patch_data() {
+    fn a_freed_entry_is_removed_by_the_patch() {
         let a = claim("a", 0, 1, 20);
-        let ledger = ledger(&[(a.clone(), 0)]);
-        assert!(ledger.records(&Edit {
-            key: a.key.clone(),
-            claim: Some(a.clone())
-        }));
-        assert!(!ledger.records(&Edit {
-            key: a.key.clone(),
-            claim: None
-        }));
-        assert!(ledger.records(&Edit {
-            key: claim("b", 0, 1, 1).key,
-            claim: None
-        }));
-        let data = patch_data(
-            &[Edit {
-                key: a.key.clone(),
-                claim: None,
-            }],
-            0,
-        );
+        let data = patch_data(&[ClaimChange::Free(a.key.clone())], 0);
         assert_eq!(data.get("Deployment.ns.a"), Some(&Value::Null));
+        let data = patch_data(&[ClaimChange::Hold(a.clone())], 7);
+        let written = decode_entry(a.key.clone(), data["Deployment.ns.a"].as_str().unwrap());
+        assert_eq!(written.map(|e| (e.claim, e.written_ms)), Some((a, 7)));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! applies objects with server-side apply.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Node;
@@ -13,13 +14,13 @@ use kube::discovery::{self, Scope};
 use kube::{Api, Client};
 use serde_json::Value;
 
+use super::state::ClusterState;
 use super::stored::StoredWorkload;
 use super::{convert, policy_configmap, watch, WATCHED};
-use crate::core::claim::Claim;
-use crate::core::decision::made_by_controller;
 use crate::core::inventory::Inventory;
 use crate::core::policy::Policy;
 use crate::core::workload::{Kind, Workload, WorkloadKey};
+use crate::webhook::metrics::Metrics;
 
 /// The field manager of `gpushare apply`'s server-side apply.
 pub const FIELD_MANAGER: &str = "gpushare";
@@ -61,7 +62,7 @@ pub async fn read(
         Some(policy) => policy,
         None => policy_configmap::read(client, policy_configmap, &mut notes).await?,
     };
-    let mut inventory = match Api::<Node>::all(client.clone())
+    let nodes = match Api::<Node>::all(client.clone())
         .list(&ListParams::default())
         .await
     {
@@ -69,7 +70,7 @@ pub async fn read(
             if fallbacks.gpus.is_some() {
                 notes.push("the nodes are readable, so --gpus is not used".into());
             }
-            Inventory::new(nodes.items.iter().map(convert::node).collect())
+            nodes.items.iter().map(convert::node).collect()
         }
         Err(error) if forbidden(&error) => {
             notes.push(match fallbacks.gpus {
@@ -80,10 +81,13 @@ pub async fn read(
                          else 1; pass --gpus N with the count of your node"
                     .into(),
             });
-            Inventory::standalone(fallbacks.gpus)
+            Inventory::standalone(fallbacks.gpus).nodes().to_vec()
         }
         Err(error) => return Err(error).context("cannot list nodes"),
     };
+    // The same cache `serve` keeps, filled once: owners are checked as the webhook checks them.
+    let view = ClusterState::new(policy.clone(), &WATCHED, Arc::new(Metrics::new()));
+    view.replace_nodes(nodes);
     let mut stored = HashMap::new();
     let mut own_namespace_only = Vec::new();
     for kind in WATCHED {
@@ -110,18 +114,17 @@ pub async fn read(
                 return Err(error).with_context(|| format!("cannot list {}", kind.plural()))
             }
         };
+        let mut cached = Vec::with_capacity(objects.items.len());
         for object in objects.items {
             let key = convert::key(kind, &object);
-            let workload = convert::workload(kind, object);
-            let exempt = made_by_controller(&workload, &inventory);
-            if let Some(claim) = Claim::of_stored(&workload, exempt) {
-                inventory.hold(claim);
-            }
             if key.namespace == namespace {
-                stored.insert(key, workload);
+                stored.insert(key, convert::workload(kind, object.clone()));
             }
+            cached.push(convert::stored(kind, object));
         }
+        view.replace_stored(kind, cached);
     }
+    let (_, inventory) = view.snapshot();
     if !own_namespace_only.is_empty() {
         notes.push(format!(
             "you may not list {} in every namespace: only namespace {namespace}'s count against capacity; \

@@ -2,11 +2,12 @@
 //! the claims of workloads of every kind feed the decision core. Admission reads them; the only
 //! API call on its path is the one ledger write an allocation change needs (`commit`).
 
-pub mod commit;
+mod backend;
 mod convert;
 pub mod ledger;
 pub mod live;
 pub mod policy_configmap;
+pub mod record;
 pub mod registration;
 mod state;
 mod stored;
@@ -20,7 +21,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::ListParams;
 use kube::{Api, Client};
 
-pub use commit::{ClusterBackend, Committer};
+pub use backend::ClusterBackend;
 pub use state::{Cache, ClusterState};
 use stored::StoredWorkload;
 
@@ -31,6 +32,7 @@ use crate::core::inventory::Inventory;
 use crate::core::policy::Policy;
 use crate::core::status::RunningPods;
 use crate::core::workload::Kind;
+use crate::webhook::commit::Committer;
 use crate::webhook::metrics::Metrics;
 
 /// The workload kinds whose claims are cached: every kind, so capacity counts every kind.
@@ -73,14 +75,14 @@ pub async fn start(
         Arc::new(registration::ApiRegistration {
             namespaces: Api::all(client.clone()),
         });
-    let committer = Arc::new(
-        Committer::new(Arc::new(commit::ApiStore {
-            api: Api::namespaced(client.clone(), &namespace),
-            name: LEDGER_CONFIGMAP.to_string(),
-        }))
-        .with_registration(registration.clone()),
-    );
-    tokio::spawn(commit::reconcile_forever(committer.clone(), state.clone()));
+    let store = Arc::new(record::ApiStore {
+        api: Api::namespaced(client.clone(), &namespace),
+        name: LEDGER_CONFIGMAP.to_string(),
+    });
+    let ledger =
+        record::LedgerRecord::new(state.clone(), store).with_registration(registration.clone());
+    let committer = Arc::new(Committer::new(Arc::new(ledger)));
+    tokio::spawn(record::reconcile_forever(committer.clone()));
     tokio::spawn(registration::follow(
         client.clone(),
         state.clone(),

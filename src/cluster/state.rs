@@ -7,14 +7,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::convert::{Held, StoredObject};
-use super::ledger::{self, Edit, Entry, Ledger};
+use super::ledger::{self, Entry, Ledger};
 use crate::core::claim::{Claim, ClaimChange};
-use crate::core::decision::{self, Request};
 use crate::core::inventory::{GpuRow, Inventory, Node, PodSecurity};
 use crate::core::policy::Policy;
-use crate::core::scale;
+use crate::core::record::Version;
 use crate::core::status::RunningPods;
-use crate::core::verdict::Verdict;
 use crate::core::workload::{Kind, WorkloadKey};
 use crate::webhook::metrics::{CacheLabels, GpuLabels, KindLabels, Metrics};
 
@@ -69,15 +67,6 @@ struct Inner {
     published: HashSet<GpuLabels>,
 }
 
-/// A decision, what it would commit, and the reading of the ledger it was made against: the
-/// commit's precondition, so that a ledger that moved on since refuses the write.
-#[derive(Debug)]
-pub struct Decided {
-    pub verdict: Verdict,
-    pub change: Option<ClaimChange>,
-    pub ledger_version: Option<String>,
-}
-
 /// What gpushare reads of a namespace's labels.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NamespaceLabels {
@@ -94,8 +83,9 @@ pub const OWNER_WAIT: std::time::Duration = std::time::Duration::from_millis(150
 /// More changes than this at once (a relist, a new ledger) refresh every gauge in one pass.
 const BULK_CHANGES: usize = 32;
 
-/// What one workload counted as before and after a change.
-type Change = (Option<Claim>, Option<Claim>);
+/// What one workload counted as before and after the caches changed: not a commit (those are
+/// `ClaimChange`s, through the record), only what the gauges must follow.
+type Recount = (Option<Claim>, Option<Claim>);
 
 pub struct ClusterState {
     inner: Mutex<Inner>,
@@ -108,7 +98,7 @@ pub struct ClusterState {
 
 impl Inner {
     /// What `key` counts as: its ledger entry, else what the stored object holds; the change, if any.
-    fn refresh_claim(&mut self, key: &WorkloadKey) -> Option<Change> {
+    fn refresh_claim(&mut self, key: &WorkloadKey) -> Option<Recount> {
         match self
             .stored
             .get(key)
@@ -148,7 +138,7 @@ impl Inner {
         Some((old, counted))
     }
 
-    fn refresh_claims(&mut self, keys: impl IntoIterator<Item = WorkloadKey>) -> Vec<Change> {
+    fn refresh_claims(&mut self, keys: impl IntoIterator<Item = WorkloadKey>) -> Vec<Recount> {
         keys.into_iter()
             .filter_map(|key| self.refresh_claim(&key))
             .collect()
@@ -525,7 +515,7 @@ impl ClusterState {
                 .cloned(),
         );
         // Entries that left while this replica's caches do not show them yet stay counted.
-        let now = super::commit::now_ms();
+        let now = super::record::now_ms();
         let left: Vec<(WorkloadKey, Entry)> = inner
             .ledger
             .entries
@@ -587,53 +577,25 @@ impl ClusterState {
     /// Whether what `edit` commits is already counted (by a stored workload, the ledger or a
     /// ghost): then nothing is written. A workload that frees its share is never recorded as
     /// such: its stored object stops counting once it is stored (the safe direction).
-    pub fn counts(&self, edit: &Edit) -> bool {
-        match &edit.claim {
-            Some(claim) => self.lock().view.claim(&edit.key) == Some(claim),
-            None => true,
+    pub fn counts(&self, change: &ClaimChange) -> bool {
+        match change {
+            ClaimChange::Hold(claim) => self.lock().view.claim(&claim.key) == Some(claim),
+            ClaimChange::Free(_) => true,
         }
     }
 
     /// What the ledger must change to match the stored workloads.
-    pub fn reconcile_edits(&self, now_ms: u64) -> Vec<Edit> {
+    pub fn reconcile_edits(&self, now_ms: u64) -> Vec<ClaimChange> {
         let inner = self.lock();
         ledger::reconcile(&inner.ledger, &inner.held, now_ms)
     }
 
-    /// Decides a workload's admission against the view, and what it would commit.
-    pub fn decide(&self, request: &Request<'_>) -> Decided {
+    /// Runs `read` on the policy and the view, and returns the ledger reading it saw: the
+    /// precondition of the commit a decision makes.
+    pub fn read(&self, read: &mut dyn FnMut(&Policy, &Inventory)) -> Version {
         let inner = self.lock();
-        let verdict = decision::decide(request, &inner.policy, &inner.view);
-        let change = match &verdict {
-            Verdict::Allowed(m) => m.outcome.claim_change(request.key()),
-            Verdict::Denied(_) => None,
-        };
-        Decided {
-            verdict,
-            change,
-            ledger_version: inner.ledger.resource_version.clone(),
-        }
-    }
-
-    /// Decides a scale of `key` to `replicas`, from what the workload holds now.
-    pub fn decide_scale(&self, key: &WorkloadKey, replicas: u32) -> Decided {
-        let inner = self.lock();
-        let verdict = scale::decide(
-            key,
-            inner.view.claim(key),
-            replicas,
-            &inner.policy,
-            &inner.view,
-        );
-        let change = match &verdict {
-            Verdict::Allowed(m) => m.outcome.claim_change(key),
-            Verdict::Denied(_) => None,
-        };
-        Decided {
-            verdict,
-            change,
-            ledger_version: inner.ledger.resource_version.clone(),
-        }
+        read(&inner.policy, &inner.view);
+        Version(inner.ledger.resource_version.clone())
     }
 
     /// The pods running now, by the module they belong to (a Pod made by a ReplicaSet of a
@@ -688,7 +650,7 @@ impl ClusterState {
     /// GPUs their claims count against, in place (a scrape never sees a series missing). Called
     /// under the same lock that made the changes: module counts move by deltas, and a
     /// `publish_all` in between would count them twice.
-    fn publish_changes(&self, inner: &mut Inner, changes: Vec<Change>) {
+    fn publish_changes(&self, inner: &mut Inner, changes: Vec<Recount>) {
         if changes.is_empty() {
             return;
         }
@@ -770,9 +732,11 @@ pub(crate) mod tests {
     use super::*;
     use crate::cluster::ledger::Entry;
     use crate::core::claim::{Assigned, Share};
-    use crate::core::decision::Operation;
+    use crate::core::decision::{self, Operation, Request};
     use crate::core::domain::{GpuIndex, Percentage};
     use crate::core::inventory::Placement;
+    use crate::core::scale;
+    use crate::core::verdict::Verdict;
     use crate::core::workload::{RawObject, Workload};
 
     pub fn state(gpus: u32) -> ClusterState {
@@ -842,7 +806,29 @@ pub(crate) mod tests {
             object,
             old_object: None,
         };
-        state.decide(&request).verdict
+        let mut verdict = None;
+        state.read(&mut |policy, view| {
+            verdict = Some(decision::decide(&request, policy, view));
+        });
+        verdict.expect("read once")
+    }
+
+    /// A scale decided against the view: its verdict and what it would commit.
+    fn decide_scale(
+        state: &ClusterState,
+        key: &WorkloadKey,
+        replicas: u32,
+    ) -> (Verdict, Option<ClaimChange>) {
+        let mut verdict = None;
+        state.read(&mut |policy, view| {
+            verdict = Some(scale::decide(key, view.claim(key), replicas, policy, view));
+        });
+        let verdict = verdict.expect("read once");
+        let change = match &verdict {
+            Verdict::Allowed(m) => m.outcome.claim_change(key),
+            Verdict::Denied(_) => None,
+        };
+        (verdict, change)
     }
 
     #[test]
@@ -976,17 +962,13 @@ pub(crate) mod tests {
         let a = key(Kind::Deployment, "a");
         state.set_ledger(ledger("3", &[claim(a.clone(), 0, 1, 40)]));
         assert!(
-            matches!(state.decide_scale(&a, 3).verdict, Verdict::Denied(_)),
+            matches!(decide_scale(&state, &a, 3).0, Verdict::Denied(_)),
             "3 x 40% > 100%"
         );
-        let Decided {
-            verdict, change, ..
-        } = state.decide_scale(&a, 2);
+        let (verdict, change) = decide_scale(&state, &a, 2);
         assert!(matches!(verdict, Verdict::Allowed(_)));
         assert_eq!(change, Some(ClaimChange::Hold(claim(a.clone(), 0, 2, 40))));
-        let unmanaged = state
-            .decide_scale(&key(Kind::Deployment, "plain"), 50)
-            .change;
+        let (_, unmanaged) = decide_scale(&state, &key(Kind::Deployment, "plain"), 50);
         assert_eq!(
             unmanaged, None,
             "a workload that holds nothing scales freely"

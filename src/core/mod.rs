@@ -14,6 +14,7 @@ mod patch;
 mod placement;
 pub mod pods;
 pub mod policy;
+pub mod record;
 pub mod scale;
 pub mod status;
 pub mod verdict;

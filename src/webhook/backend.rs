@@ -1,7 +1,6 @@
-//! Where decisions are made, and where what they commit is recorded: a fixed policy and node
-//! (standalone, nothing is stored) or the cluster's caches and ledger (`cluster::commit`).
-//! Deciding is the core's pure function; recording is the asynchronous step after it, which may
-//! conflict with another replica and then decides again.
+//! Where decisions are made and what they commit is recorded: behind the one commit seam
+//! (`core::record`), a fixed policy and node (standalone: nothing is stored) or the cluster's
+//! caches and ledger (`cluster`).
 
 use std::sync::Arc;
 
@@ -10,8 +9,10 @@ use futures::future::BoxFuture;
 use crate::core::decision::{self, Request};
 use crate::core::inventory::Inventory;
 use crate::core::policy::Policy;
+use crate::core::record::Fixed;
 use crate::core::verdict::{Mutation, Outcome, Verdict};
 use crate::core::workload::WorkloadKey;
+use crate::webhook::commit::Committer;
 
 /// Where decisions are made: a fixed policy and node (standalone) or the cluster's live caches.
 pub trait Backend: Send + Sync {
@@ -35,63 +36,37 @@ pub trait Backend: Send + Sync {
     fn ready(&self) -> bool;
 }
 
-/// Standalone mode: one policy, one implicit node, capacity checked per request.
-pub struct StaticBackend {
-    pub policy: Policy,
-    pub inventory: Inventory,
-}
-
-impl StaticBackend {
-    pub fn decide(&self, request: &Request<'_>) -> Verdict {
-        decision::decide(request, &self.policy, &self.inventory)
-    }
-}
-
-impl Backend for StaticBackend {
-    fn admit<'a>(&'a self, request: &'a Request<'a>, _dry_run: bool) -> BoxFuture<'a, Verdict> {
-        Box::pin(std::future::ready(self.decide(request)))
-    }
-
-    fn ready(&self) -> bool {
-        true
-    }
-}
-
-/// Standalone `serve`: a `StaticBackend` whose policy can be swapped when its file changes.
+/// Standalone `serve`: one policy (swapped when its file changes), one implicit node, capacity
+/// checked per request.
 pub struct StandaloneBackend {
-    current: std::sync::RwLock<Arc<StaticBackend>>,
+    committer: Committer<Fixed>,
 }
 
 impl StandaloneBackend {
     pub fn new(policy: Policy, inventory: Inventory) -> StandaloneBackend {
         StandaloneBackend {
-            current: std::sync::RwLock::new(Arc::new(StaticBackend { policy, inventory })),
+            committer: Committer::new(Arc::new(Fixed::new(policy, inventory))),
         }
     }
 
     pub fn set_policy(&self, policy: Policy) {
-        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
-        let inventory = current.inventory.clone();
-        *current = Arc::new(StaticBackend { policy, inventory });
+        self.committer.record.set_policy(policy);
     }
 
     /// The policy and inventory in force, for the status page.
     pub fn snapshot(&self) -> (Policy, Inventory) {
-        let current = self.current();
-        (current.policy.clone(), current.inventory.clone())
-    }
-
-    fn current(&self) -> Arc<StaticBackend> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.committer.record.snapshot()
     }
 }
 
 impl Backend for StandaloneBackend {
-    fn admit<'a>(&'a self, request: &'a Request<'a>, _dry_run: bool) -> BoxFuture<'a, Verdict> {
-        Box::pin(std::future::ready(self.current().decide(request)))
+    fn admit<'a>(&'a self, request: &'a Request<'a>, dry_run: bool) -> BoxFuture<'a, Verdict> {
+        Box::pin(
+            self.committer
+                .decide_and_commit(request.key(), dry_run, |policy, inventory| {
+                    decision::decide(request, policy, inventory)
+                }),
+        )
     }
 
     fn ready(&self) -> bool {

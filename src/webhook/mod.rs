@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod backend;
+pub mod commit;
 pub mod metrics;
 pub mod server;
 pub mod service;

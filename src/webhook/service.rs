@@ -13,7 +13,7 @@ use crate::core::workload::{JsonObject, Kind, RawObject, Workload, WorkloadKey};
 use crate::webhook::admission::{
     self, AdmissionRequest, BadReview, GroupVersionKind, ReviewResponse,
 };
-pub use crate::webhook::backend::{Backend, StandaloneBackend, StaticBackend};
+pub use crate::webhook::backend::{Backend, StandaloneBackend};
 use crate::webhook::metrics::{Decision, Metrics, RequestLabels};
 
 pub struct AdmissionService {

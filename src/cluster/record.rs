@@ -1,11 +1,11 @@
-//! Committing: the step after deciding. An allowed, non-dry-run admission that changes what a
-//! workload holds is recorded in the ledger before it is answered, with a resourceVersion
-//! precondition; on conflict the ledger is read again and the request decided again, until the
-//! budget runs out (then the admission is denied: never allowed unrecorded). The model is
-//! Kubernetes' ResourceQuota admission, which charges quota usage the same way.
+//! The cluster's record (`core::record::Record`): what is committed is what the caches show of the
+//! stored workloads plus the ledger of commitments in flight, and a commit is one entry written to
+//! the ledger ConfigMap with a resourceVersion precondition (the reading the decision was made
+//! on), after the namespace is labelled for the scale webhook. Its housekeeping removes the
+//! entries the stored workloads now show.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -13,20 +13,14 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::Api;
 use serde_json::{json, Map, Value};
 
-use super::ledger::{self, Edit, Ledger};
+use super::ledger::{self, Ledger};
 use super::registration::Registration;
-use super::state::{ClusterState, Decided, OWNER_WAIT};
+use super::state::ClusterState;
 use crate::core::claim::ClaimChange;
-use crate::core::decision::Operation;
-use crate::core::decision::Request;
-use crate::core::handwritten;
-use crate::core::verdict::{Denial, Rule, Verdict};
-use crate::core::workload::WorkloadKey;
-use crate::webhook::backend::Backend;
-
-/// How long an admission may spend recording its commitment: well inside the webhook's
-/// `timeoutSeconds: 5`, so a denial that says why reaches the user instead of a timeout.
-pub const COMMIT_BUDGET: Duration = Duration::from_secs(3);
+use crate::core::inventory::Inventory;
+use crate::core::policy::Policy;
+use crate::core::record::{CommitError, Record, Version};
+use crate::webhook::commit::Committer;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreError {
@@ -124,64 +118,37 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Serializes this replica's writes, so that its own admissions never conflict with each other:
-/// only another replica's write can make a precondition fail.
-pub struct Committer {
+/// The ledger in the API server, with the caches of one replica.
+pub struct LedgerRecord {
+    pub state: Arc<ClusterState>,
     pub store: Arc<dyn LedgerStore>,
     /// Labels a namespace before its first module is recorded (the scale webhook's selector).
     registration: Option<Arc<dyn Registration>>,
-    lock: tokio::sync::Mutex<()>,
-    budget: Duration,
 }
 
-fn edit_of(change: ClaimChange) -> Edit {
-    match change {
-        ClaimChange::Hold(claim) => Edit {
-            key: claim.key.clone(),
-            claim: Some(claim),
-        },
-        ClaimChange::Free(key) => Edit { key, claim: None },
-    }
-}
-
-fn unrecorded(reason: &str) -> Verdict {
-    Verdict::Denied(Denial::new(
-        Rule::Unrecorded,
-        format!(
-            "gpushare could not record this GPU commitment in the API server within {}s ({reason}); nothing was \
-             committed and the object was not admitted: retry the request",
-            COMMIT_BUDGET.as_secs()
-        ),
-    ))
-}
-
-impl Committer {
-    pub fn new(store: Arc<dyn LedgerStore>) -> Committer {
-        Committer::with_budget(store, COMMIT_BUDGET)
-    }
-
-    pub fn with_budget(store: Arc<dyn LedgerStore>, budget: Duration) -> Committer {
-        Committer {
+impl LedgerRecord {
+    pub fn new(state: Arc<ClusterState>, store: Arc<dyn LedgerStore>) -> LedgerRecord {
+        LedgerRecord {
+            state,
             store,
             registration: None,
-            lock: tokio::sync::Mutex::new(()),
-            budget,
         }
     }
 
     /// Also labels the namespace of each newly held claim before recording it.
-    pub fn with_registration(mut self, registration: Arc<dyn Registration>) -> Committer {
+    pub fn with_registration(mut self, registration: Arc<dyn Registration>) -> LedgerRecord {
         self.registration = Some(registration);
         self
     }
 
     /// The scale webhook sees only labelled namespaces: the label is written before the first
     /// module of a namespace is, so its scale requests are checked from then on.
-    async fn label_namespace(&self, state: &ClusterState, edit: &Edit) -> Result<(), String> {
-        let (Some(registration), Some(claim)) = (&self.registration, &edit.claim) else {
+    async fn label_namespace(&self, change: &ClaimChange) -> Result<(), String> {
+        let (Some(registration), ClaimChange::Hold(claim)) = (&self.registration, change) else {
             return Ok(());
         };
         let namespace = &claim.key.namespace;
+        let state = &self.state;
         if state.namespace_labelled(namespace) || state.policy().is_excluded(namespace) {
             return Ok(());
         }
@@ -190,129 +157,29 @@ impl Committer {
         Ok(())
     }
 
-    /// Decides `request` against the ledger and, unless `dry_run`, records what it commits.
-    pub async fn admit(
-        &self,
-        state: &ClusterState,
-        request: &Request<'_>,
-        dry_run: bool,
-    ) -> Verdict {
-        self.decide_and_record(state, dry_run, || state.decide(request))
-            .await
-    }
-
-    /// The commit loop around any decision (a workload's, or a scale's): the decision runs again
-    /// after every conflict, against the ledger as it then is.
-    pub async fn decide_and_record(
-        &self,
-        state: &ClusterState,
-        dry_run: bool,
-        decide: impl Fn() -> Decided,
-    ) -> Verdict {
-        let started = Instant::now();
-        let Decided {
-            verdict, change, ..
-        } = decide();
-        if dry_run {
-            return verdict;
-        }
-        // Unmanaged, denied, or nothing new: no write, no wait (the common case).
-        match change.map(edit_of) {
-            Some(edit) if !state.counts(&edit) => {}
-            _ => return verdict,
-        }
-        let Ok(_guard) = tokio::time::timeout(self.budget, self.lock.lock()).await else {
-            return unrecorded("too many admissions waiting to record theirs");
-        };
-        let mut last_error: String;
-        let mut conflicts = 0u32;
-        loop {
-            let Decided {
-                verdict,
-                change,
-                ledger_version,
-            } = decide();
-            let edit = match change.map(edit_of) {
-                Some(edit) if !state.counts(&edit) => edit,
-                _ => return verdict,
-            };
-            if let Err(error) = self.label_namespace(state, &edit).await {
-                tracing::warn!(%error, "could not label the namespace of a commitment; retrying");
-                last_error = error;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                if started.elapsed() >= self.budget {
-                    return unrecorded(&last_error);
-                }
-                continue;
-            }
-            let written = now_ms();
-            let data = ledger::patch_data(std::slice::from_ref(&edit), written);
-            // The reading the decision was made against, not the one now: a ledger that moved on
-            // in between (another replica's write seen by the watch) must refuse this write.
-            let result = match ledger_version {
-                Some(version) => self.store.patch(version, data).await,
-                None => self.store.create(data).await,
-            };
-            match result {
-                Ok(cm) => {
-                    let size = cm
-                        .data
-                        .iter()
-                        .flatten()
-                        .map(|(k, v)| k.len() + v.len())
-                        .sum::<usize>();
-                    state.set_ledger(Ledger::from_configmap(&cm));
-                    // What `make bench-cluster` reads: the commit's cost as gpushare sees it.
-                    tracing::debug!(
-                        object = %edit.key,
-                        commit_us = started.elapsed().as_micros() as u64,
-                        conflicts,
-                        ledger_bytes = size,
-                        "commit"
-                    );
-                    return verdict;
-                }
-                Err(StoreError::Conflict | StoreError::NotFound | StoreError::AlreadyExists) => {
-                    conflicts += 1;
-                    last_error = "the ledger changed; read again".into();
-                    self.refresh(state).await;
-                }
-                Err(StoreError::Other(error)) => {
-                    tracing::warn!(%error, "could not record a commitment; retrying");
-                    last_error = error;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    self.refresh(state).await;
-                }
-            }
-            if started.elapsed() >= self.budget {
-                return unrecorded(&last_error);
-            }
-        }
-    }
-
     /// Reads the ledger from the API server (after a conflict, or at start).
-    pub async fn refresh(&self, state: &ClusterState) {
+    pub async fn refresh(&self) {
         match self.store.get().await {
-            Ok(Some(cm)) => state.set_ledger(Ledger::from_configmap(&cm)),
-            Ok(None) => state.set_ledger(Ledger::default()),
+            Ok(Some(cm)) => self.state.set_ledger(Ledger::from_configmap(&cm)),
+            Ok(None) => self.state.set_ledger(Ledger::default()),
             Err(error) => tracing::debug!(?error, "could not read the ledger"),
         }
     }
 
-    /// One reconciliation: frees and corrects what the stored workloads do not show. A conflict
-    /// is left to the next round.
-    pub async fn reconcile(&self, state: &ClusterState) {
+    /// One round of housekeeping: removes the entries the stored workloads now show (or that
+    /// expired). A conflict is left to the next round. Hold `Committer::serialized` around it.
+    pub async fn reconcile(&self) {
+        let state = &self.state;
         if !state.is_synced() {
             return;
         }
-        let _guard = self.lock.lock().await;
         let now = now_ms();
         state.expire_ghosts(now);
-        let edits = state.reconcile_edits(now);
-        if edits.is_empty() {
+        let freed = state.reconcile_edits(now);
+        if freed.is_empty() {
             return;
         }
-        let data = ledger::patch_data(&edits, now);
+        let data = ledger::patch_data(&freed, now);
         let result = match state.ledger_version() {
             Some(version) => self.store.patch(version, data).await,
             None => self.store.create(data).await,
@@ -320,7 +187,7 @@ impl Committer {
         match result {
             Ok(cm) => {
                 tracing::debug!(
-                    removed = edits.len(),
+                    removed = freed.len(),
                     "ledger entries the stored workloads now show removed"
                 );
                 state.set_ledger(Ledger::from_configmap(&cm));
@@ -328,78 +195,62 @@ impl Committer {
             Err(StoreError::Other(error)) => {
                 tracing::warn!(%error, "could not reconcile the ledger")
             }
-            Err(_) => self.refresh(state).await,
+            Err(_) => self.refresh().await,
         }
     }
 }
 
-/// Reconciles every `RECONCILE_PERIOD`, for as long as the server runs.
-pub async fn reconcile_forever(committer: Arc<Committer>, state: Arc<ClusterState>) {
+impl Record for LedgerRecord {
+    fn read(&self, read: &mut dyn FnMut(&Policy, &Inventory)) -> Version {
+        self.state.read(read)
+    }
+
+    fn counts(&self, change: &ClaimChange) -> bool {
+        self.state.counts(change)
+    }
+
+    fn commit<'a>(
+        &'a self,
+        change: &'a ClaimChange,
+        against: Version,
+    ) -> BoxFuture<'a, Result<(), CommitError>> {
+        Box::pin(async move {
+            self.label_namespace(change)
+                .await
+                .map_err(CommitError::Unavailable)?;
+            let data = ledger::patch_data(std::slice::from_ref(change), now_ms());
+            // The reading the decision was made against, not the one now: a ledger that moved on
+            // in between (another replica's write seen by the watch) must refuse this write.
+            let result = match against.0 {
+                Some(version) => self.store.patch(version, data).await,
+                None => self.store.create(data).await,
+            };
+            match result {
+                Ok(cm) => {
+                    self.state.set_ledger(Ledger::from_configmap(&cm));
+                    Ok(())
+                }
+                Err(StoreError::Conflict | StoreError::NotFound | StoreError::AlreadyExists) => {
+                    self.refresh().await;
+                    Err(CommitError::Conflict)
+                }
+                Err(StoreError::Other(error)) => {
+                    self.refresh().await;
+                    Err(CommitError::Unavailable(error))
+                }
+            }
+        })
+    }
+}
+
+/// The ledger's housekeeping every `RECONCILE_PERIOD`, between this replica's commits.
+pub async fn reconcile_forever(committer: Arc<Committer<LedgerRecord>>) {
     let mut tick = tokio::time::interval(ledger::RECONCILE_PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        committer.reconcile(&state).await;
-    }
-}
-
-/// Cluster mode's backend: decisions from the caches, commitments recorded in the ledger.
-pub struct ClusterBackend {
-    pub state: Arc<ClusterState>,
-    pub committer: Arc<Committer>,
-}
-
-impl ClusterBackend {
-    /// An object a built-in controller just made may reach gpushare before the watch event of
-    /// that controller (or of its latest template): give the cache a moment to show it, so that
-    /// the object is recognised as the controller's and not counted a second time.
-    async fn await_owner(&self, request: &Request<'_>) {
-        let object = request.object;
-        let Some(controller) = object.builtin_controller() else {
-            return;
-        };
-        if !object.has_gpushare_annotations() && !handwritten::any(object) {
-            return;
-        }
-        let fingerprint = object.gpu_fingerprint();
-        // A new object carries its controller's current template; an older one may rightly differ.
-        let new = request.operation == Operation::Create;
-        self.state
-            .wait_for_owner(OWNER_WAIT, |view| {
-                if new {
-                    view.trusts_owner(controller, fingerprint)
-                } else {
-                    view.knows_owner(&controller.uid)
-                }
-            })
-            .await;
-    }
-}
-
-impl Backend for ClusterBackend {
-    fn admit<'a>(&'a self, request: &'a Request<'a>, dry_run: bool) -> BoxFuture<'a, Verdict> {
-        Box::pin(async move {
-            self.await_owner(request).await;
-            self.committer.admit(&self.state, request, dry_run).await
-        })
-    }
-
-    fn scale<'a>(
-        &'a self,
-        key: &'a WorkloadKey,
-        replicas: u32,
-        dry_run: bool,
-    ) -> BoxFuture<'a, Verdict> {
-        Box::pin(
-            self.committer
-                .decide_and_record(&self.state, dry_run, move || {
-                    self.state.decide_scale(key, replicas)
-                }),
-        )
-    }
-
-    fn ready(&self) -> bool {
-        self.state.ready()
+        let _guard = committer.serialized().await;
+        committer.record.reconcile().await;
     }
 }
 
@@ -408,9 +259,27 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
+    use std::time::Duration;
+
     use crate::cluster::state::tests::{deployment, state};
     use crate::cluster::state::Cache;
+    use crate::core::decision::{self, Operation, Request};
+    use crate::core::record::decide_on;
+    use crate::core::verdict::{Rule, Verdict};
     use crate::core::workload::{Kind, Workload};
+
+    /// One replica: its caches (`state`) and its committer on the shared ledger `store`.
+    fn replica(
+        state: ClusterState,
+        store: Arc<dyn LedgerStore>,
+        budget: Duration,
+    ) -> (Arc<ClusterState>, Committer<LedgerRecord>) {
+        let state = Arc::new(state);
+        let record = Arc::new(LedgerRecord::new(state.clone(), store));
+        (state, Committer::with_budget(record, budget))
+    }
+
+    const BUDGET: Duration = crate::webhook::commit::COMMIT_BUDGET;
 
     /// The ledger ConfigMap with the API server's optimistic concurrency, in memory.
     #[derive(Default)]
@@ -487,8 +356,7 @@ mod tests {
     }
 
     async fn admit(
-        state: &ClusterState,
-        committer: &Committer,
+        committer: &Committer<LedgerRecord>,
         object: &Workload,
         dry_run: bool,
     ) -> Verdict {
@@ -497,7 +365,11 @@ mod tests {
             object,
             old_object: None,
         };
-        committer.admit(state, &request, dry_run).await
+        committer
+            .decide_and_commit(&object.key, dry_run, |policy, inventory| {
+                decision::decide(&request, policy, inventory)
+            })
+            .await
     }
 
     fn allowed(verdict: &Verdict) -> bool {
@@ -508,13 +380,11 @@ mod tests {
     async fn two_replicas_that_each_see_room_cannot_both_commit_it() {
         let store: Arc<MemoryStore> = Arc::new(MemoryStore::default());
         // Two replicas with their own caches, which show neither's commitment.
-        let (one, two) = (state(1), state(1));
-        let (c1, c2) = (Committer::new(store.clone()), Committer::new(store.clone()));
-        assert!(allowed(
-            &admit(&one, &c1, &deployment("a", 1, 60), false).await
-        ));
+        let (_one, c1) = replica(state(1), store.clone(), BUDGET);
+        let (_two, c2) = replica(state(1), store.clone(), BUDGET);
+        assert!(allowed(&admit(&c1, &deployment("a", 1, 60), false).await));
         // Replica two decides on a stale (empty) ledger, conflicts, reads again and denies.
-        let verdict = admit(&two, &c2, &deployment("b", 1, 60), false).await;
+        let verdict = admit(&c2, &deployment("b", 1, 60), false).await;
         assert!(
             matches!(&verdict, Verdict::Denied(d) if d.rule == Rule::Capacity),
             "{verdict:?}"
@@ -526,15 +396,15 @@ mod tests {
     #[tokio::test]
     async fn many_concurrent_admissions_never_exceed_capacity() {
         let store: Arc<MemoryStore> = Arc::new(MemoryStore::default());
-        let replicas: Vec<(Arc<ClusterState>, Arc<Committer>)> = (0..3)
-            .map(|_| (Arc::new(state(1)), Arc::new(Committer::new(store.clone()))))
+        let replicas: Vec<Arc<Committer<LedgerRecord>>> = (0..3)
+            .map(|_| Arc::new(replica(state(1), store.clone(), BUDGET).1))
             .collect();
         let mut tasks = Vec::new();
         for i in 0..30 {
-            let (state, committer) = replicas[i % 3].clone();
+            let committer = replicas[i % 3].clone();
             tasks.push(tokio::spawn(async move {
                 let object = deployment(&format!("m{i}"), 1, 10);
-                allowed(&admit(&state, &committer, &object, false).await)
+                allowed(&admit(&committer, &object, false).await)
             }));
         }
         let mut admitted = 0;
@@ -547,20 +417,20 @@ mod tests {
     #[tokio::test]
     async fn dry_runs_and_unchanged_admissions_write_nothing() {
         let store: Arc<MemoryStore> = Arc::new(MemoryStore::default());
-        let (state, committer) = (state(1), Committer::new(store.clone()));
+        let (state, committer) = replica(state(1), store.clone(), BUDGET);
         assert!(allowed(
-            &admit(&state, &committer, &deployment("a", 1, 60), true).await
+            &admit(&committer, &deployment("a", 1, 60), true).await
         ));
         assert!(
             store.object.lock().unwrap().is_none(),
             "a dry run recorded something"
         );
         assert!(allowed(
-            &admit(&state, &committer, &deployment("a", 1, 60), false).await
+            &admit(&committer, &deployment("a", 1, 60), false).await
         ));
         let version = state.ledger_version();
         assert!(allowed(
-            &admit(&state, &committer, &deployment("a", 1, 60), false).await
+            &admit(&committer, &deployment("a", 1, 60), false).await
         ));
         assert_eq!(
             state.ledger_version(),
@@ -575,11 +445,8 @@ mod tests {
             failing: Some("connection refused".into()),
             ..MemoryStore::default()
         });
-        let (state, committer) = (
-            state(1),
-            Committer::with_budget(store, Duration::from_millis(300)),
-        );
-        let verdict = admit(&state, &committer, &deployment("a", 1, 60), false).await;
+        let (_state, committer) = replica(state(1), store, Duration::from_millis(300));
+        let verdict = admit(&committer, &deployment("a", 1, 60), false).await;
         match verdict {
             Verdict::Denied(d) => {
                 assert_eq!((d.rule, d.code()), (Rule::Unrecorded, 503));
@@ -597,7 +464,7 @@ mod tests {
     #[tokio::test]
     async fn reconciliation_empties_the_ledger_and_only_what_was_stored_still_counts() {
         let store: Arc<MemoryStore> = Arc::new(MemoryStore::default());
-        let (state, committer) = (state(1), Committer::new(store.clone()));
+        let (state, committer) = replica(state(1), store.clone(), BUDGET);
         for cache in [
             Cache::Nodes,
             Cache::Policy,
@@ -612,16 +479,18 @@ mod tests {
         let old = now_ms() - 60_000;
         let (kept, lost) = (deployment("kept", 1, 30), deployment("lost", 1, 30));
         for object in [&kept, &lost] {
-            let Decided {
-                verdict, change, ..
-            } = state.decide(&Request {
+            let request = Request {
                 operation: Operation::Create,
                 object,
                 old_object: None,
-            });
-            assert!(allowed(&verdict));
-            let edit = edit_of(change.unwrap());
-            let data = ledger::patch_data(&[edit], old);
+            };
+            let (verdict, _) =
+                decide_on(&*committer.record, |p, i| decision::decide(&request, p, i));
+            let Verdict::Allowed(mutation) = verdict else {
+                panic!("denied")
+            };
+            let change = mutation.outcome.claim_change(&object.key).unwrap();
+            let data = ledger::patch_data(&[change], old);
             let cm = match state.ledger_version() {
                 Some(v) => store.patch(v, data).await.unwrap(),
                 None => store.create(data).await.unwrap(),
@@ -631,7 +500,7 @@ mod tests {
         let (_, view) = state.snapshot();
         let kept_claim = view.claim(&kept.key).unwrap().clone();
         state.apply_claim(kept.key.clone(), Some(kept_claim));
-        committer.reconcile(&state).await;
+        committer.record.reconcile().await;
         let stored = Ledger::from_configmap(&store.object.lock().unwrap().clone().unwrap());
         assert!(
             stored.entries.is_empty(),
@@ -652,12 +521,12 @@ mod tests {
     #[tokio::test]
     async fn an_entry_another_replica_removed_before_this_ones_caches_showed_it_still_counts() {
         let store: Arc<MemoryStore> = Arc::new(MemoryStore::default());
-        let (one, two) = (state(1), state(1));
-        let (c1, c2) = (Committer::new(store.clone()), Committer::new(store.clone()));
+        let (one, c1) = replica(state(1), store.clone(), BUDGET);
+        let (two, c2) = replica(state(1), store.clone(), BUDGET);
         let module = deployment("a", 1, 60);
-        assert!(allowed(&admit(&one, &c1, &module, false).await));
+        assert!(allowed(&admit(&c1, &module, false).await));
         // Replica two reads the ledger with the entry (its watch), its caches still empty.
-        c2.refresh(&two).await;
+        c2.record.refresh().await;
         // Replica one's caches show the stored workload; a while later its reconcile removes the entry.
         let claim = one.snapshot().1.claim(&module.key).unwrap().clone();
         one.apply_claim(module.key.clone(), Some(claim.clone()));
@@ -677,7 +546,7 @@ mod tests {
         // Replica two's watch delivers the removal before its workload cache shows the object.
         two.set_ledger(Ledger::from_configmap(&cm));
         assert_eq!(two.in_flight(), (0, 1), "kept as a ghost");
-        let verdict = admit(&two, &c2, &deployment("b", 1, 60), false).await;
+        let verdict = admit(&c2, &deployment("b", 1, 60), false).await;
         assert!(
             matches!(&verdict, Verdict::Denied(d) if d.rule == Rule::Capacity),
             "60% + 60%: {verdict:?}"
