@@ -47,6 +47,9 @@ pub struct Ledger {
     /// `None` while the ConfigMap does not exist.
     pub resource_version: Option<String>,
     pub entries: HashMap<WorkloadKey, Entry>,
+    /// Keys of entries gpushare cannot read (edited by hand): never trusted, removed by the
+    /// housekeeping.
+    pub unreadable: Vec<String>,
 }
 
 /// The ConfigMap key of a workload. Kinds have no dots and namespaces are DNS labels, so the
@@ -154,6 +157,7 @@ impl Ledger {
     /// line: the reconciler rewrites it from the stored workload.
     pub fn from_configmap(cm: &ConfigMap) -> Ledger {
         let mut entries = HashMap::new();
+        let mut unreadable = Vec::new();
         for (text_key, value) in cm.data.iter().flatten() {
             let entry = parse_entry_key(text_key)
                 .and_then(|key| decode_entry(key.clone(), value).map(|e| (key, e)));
@@ -161,12 +165,14 @@ impl Ledger {
                 Some((key, entry)) => {
                     entries.insert(key, entry);
                 }
-                None => tracing::warn!(entry = %text_key, "unreadable ledger entry skipped"),
+                None => unreadable.push(text_key.clone()),
             }
         }
+        unreadable.sort();
         Ledger {
             resource_version: cm.metadata.resource_version.clone(),
             entries,
+            unreadable,
         }
     }
 
@@ -230,8 +236,16 @@ pub fn reconcile(
 }
 
 /// Whether an entry is past the time its workload should have reached every cache.
+/// One written in the future (a hand edit, or a clock far off) is never trusted either: it would
+/// never expire.
 pub fn is_expired(entry: &Entry, now_ms: u64) -> bool {
-    now_ms.saturating_sub(entry.written_ms) >= GRACE.as_millis() as u64
+    let grace = GRACE.as_millis() as u64;
+    now_ms.saturating_sub(entry.written_ms) >= grace || entry.written_ms > now_ms + grace
+}
+
+/// The `data` of a merge patch that removes entries by their raw keys (unreadable ones).
+pub fn removal_data(keys: &[String]) -> Map<String, Value> {
+    keys.iter().map(|key| (key.clone(), Value::Null)).collect()
 }
 
 #[cfg(test)]
@@ -260,6 +274,7 @@ mod tests {
 
     fn ledger(entries: &[(Claim, u64)]) -> Ledger {
         Ledger {
+            unreadable: Vec::new(),
             resource_version: Some("7".into()),
             entries: entries
                 .iter()
@@ -362,6 +377,31 @@ mod tests {
         let data = patch_data(&[ClaimChange::Hold(a.clone())], 7);
         let written = decode_entry(a.key.clone(), data["Deployment.ns.a"].as_str().unwrap());
         assert_eq!(written.map(|e| (e.claim, e.written_ms)), Some((a, 7)));
+    }
+
+    #[test]
+    fn entries_edited_into_nonsense_are_never_trusted() {
+        let mut cm = ConfigMap::default();
+        cm.data = Some(
+            [
+                (
+                    "Deployment.ns.a".to_string(),
+                    "{\"gpu\": \"lots\"}".to_string(),
+                ),
+                ("Gizmo.ns.b".to_string(), "{}".to_string()),
+            ]
+            .into(),
+        );
+        let ledger = Ledger::from_configmap(&cm);
+        assert!(ledger.entries.is_empty());
+        assert_eq!(ledger.unreadable, ["Deployment.ns.a", "Gizmo.ns.b"]);
+        let future = Entry {
+            claim: claim("f", 0, 1, 100),
+            written_ms: 10_000_000,
+        };
+        assert!(is_expired(&future, 1_000_000), "written far in the future");
+        let data = removal_data(&ledger.unreadable);
+        assert_eq!(data.get("Gizmo.ns.b"), Some(&Value::Null));
     }
 
     #[test]

@@ -10,7 +10,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::Api;
+use kube::runtime::events::{Event as K8sEvent, EventType, Recorder, Reporter};
+use kube::{Api, Resource};
 use serde_json::{json, Map, Value};
 
 use super::ledger::{self, Ledger};
@@ -41,6 +42,8 @@ pub trait LedgerStore: Send + Sync {
         data: Map<String, Value>,
     ) -> BoxFuture<'_, Result<ConfigMap, StoreError>>;
     fn create(&self, data: Map<String, Value>) -> BoxFuture<'_, Result<ConfigMap, StoreError>>;
+    /// Tells the operator what gpushare found wrong in the ledger (an Event on the ConfigMap).
+    fn report<'a>(&'a self, reason: &'a str, note: &'a str) -> BoxFuture<'a, ()>;
 }
 
 /// The ledger ConfigMap in the API server.
@@ -63,6 +66,29 @@ fn store_error(error: kube::Error) -> StoreError {
 impl LedgerStore for ApiStore {
     fn get(&self) -> BoxFuture<'_, Result<Option<ConfigMap>, StoreError>> {
         Box::pin(async move { self.api.get_opt(&self.name).await.map_err(store_error) })
+    }
+
+    fn report<'a>(&'a self, reason: &'a str, note: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let Ok(Some(cm)) = self.api.get_opt(&self.name).await else {
+                return;
+            };
+            let reporter = Reporter {
+                controller: "gpushare".into(),
+                instance: std::env::var("POD_NAME").ok(),
+            };
+            let recorder = Recorder::new(self.api.clone().into_client(), reporter);
+            let event = K8sEvent {
+                type_: EventType::Warning,
+                reason: reason.into(),
+                note: Some(note.chars().take(1000).collect()),
+                action: "Reconcile".into(),
+                secondary: None,
+            };
+            if let Err(error) = recorder.publish(&event, &cm.object_ref(&())).await {
+                tracing::warn!(%error, "could not record an Event on the ledger");
+            }
+        })
     }
 
     fn patch(
@@ -176,10 +202,12 @@ impl LedgerRecord {
         let now = now_ms();
         state.expire_ghosts(now);
         let freed = state.reconcile_edits(now);
-        if freed.is_empty() {
+        let unreadable = state.unreadable_ledger_entries();
+        if freed.is_empty() && unreadable.is_empty() {
             return;
         }
-        let data = ledger::patch_data(&freed, now);
+        let mut data = ledger::patch_data(&freed, now);
+        data.extend(ledger::removal_data(&unreadable));
         let result = match state.ledger_version() {
             Some(version) => self.store.patch(version, data).await,
             None => self.store.create(data).await,
@@ -191,6 +219,16 @@ impl LedgerRecord {
                     "ledger entries the stored workloads now show removed"
                 );
                 state.set_ledger(Ledger::from_configmap(&cm));
+                if !unreadable.is_empty() {
+                    let note = format!(
+                        "removed {} ledger entries gpushare cannot read (edited by hand?): {}; what the stored \
+                         workloads hold still counts",
+                        unreadable.len(),
+                        unreadable.join(", ")
+                    );
+                    tracing::warn!(entries = ?unreadable, "unreadable ledger entries removed");
+                    self.store.report("UnreadableLedgerEntries", &note).await;
+                }
             }
             Err(StoreError::Other(error)) => {
                 tracing::warn!(%error, "could not reconcile the ledger")
@@ -286,6 +324,8 @@ mod tests {
     struct MemoryStore {
         object: Mutex<Option<ConfigMap>>,
         revision: Mutex<u64>,
+        /// What `report` was told.
+        reports: Mutex<Vec<String>>,
         /// Every write fails with this, when set: an API server that is away.
         failing: Option<String>,
     }
@@ -299,6 +339,14 @@ mod tests {
     }
 
     impl LedgerStore for MemoryStore {
+        fn report<'a>(&'a self, reason: &'a str, note: &'a str) -> BoxFuture<'a, ()> {
+            self.reports
+                .lock()
+                .unwrap()
+                .push(format!("{reason}: {note}"));
+            Box::pin(std::future::ready(()))
+        }
+
         fn get(&self) -> BoxFuture<'_, Result<Option<ConfigMap>, StoreError>> {
             Box::pin(async move { Ok(self.object.lock().unwrap().clone()) })
         }
@@ -550,6 +598,48 @@ mod tests {
         assert!(
             matches!(&verdict, Verdict::Denied(d) if d.rule == Rule::Capacity),
             "60% + 60%: {verdict:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn entries_edited_into_nonsense_are_removed_with_an_event_and_never_counted() {
+        let store: Arc<MemoryStore> = Arc::new(MemoryStore::default());
+        let (state, committer) = replica(state(1), store.clone(), BUDGET);
+        for cache in [
+            Cache::Nodes,
+            Cache::Policy,
+            Cache::Ledger,
+            Cache::Namespaces,
+            Cache::Workloads(Kind::Deployment),
+            Cache::Workloads(Kind::Job),
+        ] {
+            state.mark_synced(cache);
+        }
+        let mut data = Map::new();
+        data.insert(
+            "Deployment.ns.x".into(),
+            Value::String("{\"gpu\": 0, \"pods\": -3}".into()),
+        );
+        let cm = store.create(data).await.unwrap();
+        state.set_ledger(Ledger::from_configmap(&cm));
+        assert!(allowed(
+            &admit(&committer, &deployment("a", 1, 100), false).await
+        ));
+        committer.record.reconcile().await;
+        let stored = store.object.lock().unwrap().clone().unwrap();
+        assert!(
+            !stored
+                .data
+                .unwrap_or_default()
+                .contains_key("Deployment.ns.x"),
+            "removed"
+        );
+        let reports = store.reports.lock().unwrap().clone();
+        assert!(
+            reports
+                .iter()
+                .any(|r| r.starts_with("UnreadableLedgerEntries") && r.contains("Deployment.ns.x")),
+            "{reports:?}"
         );
     }
 }

@@ -536,6 +536,11 @@ impl ClusterState {
         self.publish_changes(&mut inner, changes);
     }
 
+    /// The keys of ledger entries gpushare cannot read.
+    pub fn unreadable_ledger_entries(&self) -> Vec<String> {
+        self.lock().ledger.unreadable.clone()
+    }
+
     /// Forgets the ghosts whose entry would have expired by now.
     pub fn expire_ghosts(&self, now_ms: u64) {
         let mut inner = self.lock();
@@ -784,6 +789,7 @@ pub(crate) mod tests {
 
     fn ledger(version: &str, claims: &[Claim]) -> Ledger {
         Ledger {
+            unreadable: Vec::new(),
             resource_version: Some(version.into()),
             entries: claims
                 .iter()
