@@ -381,17 +381,19 @@ mod tests {
 
     #[test]
     fn entries_edited_into_nonsense_are_never_trusted() {
-        let mut cm = ConfigMap::default();
-        cm.data = Some(
-            [
-                (
-                    "Deployment.ns.a".to_string(),
-                    "{\"gpu\": \"lots\"}".to_string(),
-                ),
-                ("Gizmo.ns.b".to_string(), "{}".to_string()),
-            ]
-            .into(),
-        );
+        let cm = ConfigMap {
+            data: Some(
+                [
+                    (
+                        "Deployment.ns.a".to_string(),
+                        "{\"gpu\": \"lots\"}".to_string(),
+                    ),
+                    ("Gizmo.ns.b".to_string(), "{}".to_string()),
+                ]
+                .into(),
+            ),
+            ..ConfigMap::default()
+        };
         let ledger = Ledger::from_configmap(&cm);
         assert!(ledger.entries.is_empty());
         assert_eq!(ledger.unreadable, ["Deployment.ns.a", "Gizmo.ns.b"]);
