@@ -111,7 +111,7 @@ image:
 
 # A real cluster on loopback (CONTRACT section 6b, docs/development.md): etcd, kube-apiserver,
 # kube-controller-manager, kube-scheduler and a kubelet of the release pinned in
-# tests/tools/controlplane/go.mod, built with `go build` (the first time 15-35 minutes, then from Go's
+# tests/tools/controlplane/go.mod, built with `go build` (the first time 10-25 minutes on 2 cores, then from Go's
 # build cache); edge-node-1 a real node on containerd (needs root); gpushare deployed from manifests/
 # with `gpushare serve` running locally in cluster mode, or with IN_CLUSTER=1 as the Deployment of
 # manifests/ from its image (make image). Idempotent.
@@ -151,7 +151,7 @@ HELM_MODULE := tests/tools/helm
 HELM := target/tools/helm
 # Go from the PATH, else where the Go tarball installs it.
 GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
-# The oldest Kubernetes release the chart and manifests support (README, "Kubernetes versions").
+# The oldest Kubernetes release the chart and manifests support (docs/operator-guide.md, "Kubernetes versions").
 MIN_KUBE_VERSION := 1.30.0
 CHART_ALL_ON := certManager.enabled=true,namespace.create=true,grafanaDashboard.enabled=true,statusPage.enabled=true,serviceMonitor.enabled=true
 

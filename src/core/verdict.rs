@@ -73,7 +73,7 @@ pub enum Rule {
     Unverifiable,
     /// A change Kubernetes cannot apply to a Job's or a Pod's pod template after creation.
     FixedTemplate,
-    /// The commitment could not be recorded in the API server in time (CONTRACT section 6a).
+    /// The commitment could not be recorded in the API server in time (docs/design.md, "The ledger").
     Unrecorded,
     /// A container writes the GPU variables itself and policy `handWrittenGpuEnv` is `deny`.
     HandWritten,
@@ -99,8 +99,9 @@ impl Rule {
         }
     }
 
-    /// 400 for values that are malformed, 409 for a commitment lost to concurrent admissions,
-    /// 403 for well-formed requests the rules forbid.
+    /// 400 for values that are malformed, 503 for a commitment that could not be recorded in
+    /// time (the same request may pass when retried), 403 for well-formed requests the rules
+    /// forbid.
     pub fn http_code(self) -> u16 {
         match self {
             Rule::InvalidValue | Rule::UnknownAnnotation => 400,

@@ -39,7 +39,7 @@ die() { log "$*"; exit 1; }
 k8s_version() { awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v1\./ { print $2; exit }' "$MODULE/go.mod"; }
 
 build() {
-  command -v go >/dev/null || die "go is required to build the control plane (see README, Prerequisites)"
+  command -v go >/dev/null || die "go is required to build the control plane (see docs/development.md, Prerequisites)"
   local version stamp
   version=$(k8s_version)
   stamp="$BIN/.built-$version-$(cat "$MODULE/go.mod" "$MODULE/go.sum" "$MODULE/etcd/main.go" | sha256sum | cut -c1-16)"

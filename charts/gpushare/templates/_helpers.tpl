@@ -29,7 +29,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/*
 Selects the webhook pods (Deployment, Service, PodDisruptionBudget): the instance keeps two releases
-in one namespace apart. Immutable on Deployments (README, "Upgrading").
+in one namespace apart. Immutable on Deployments (docs/operator-guide.md, "Upgrading").
 */}}
 {{- define "gpushare.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "gpushare.name" . }}
