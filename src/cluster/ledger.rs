@@ -235,6 +235,13 @@ pub fn reconcile(
     keys.into_iter().map(ClaimChange::Free).collect()
 }
 
+/// Now, in Unix milliseconds: how entries are timed (the writer's clock).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Whether an entry is past the time its workload should have reached every cache.
 /// One written in the future (a hand edit, or a clock far off) is never trusted either: it would
 /// never expire.

@@ -5,7 +5,6 @@
 //! entries the stored workloads now show.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -138,11 +137,7 @@ impl LedgerStore for ApiStore {
     }
 }
 
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use super::ledger::now_ms;
 
 /// The ledger in the API server, with the caches of one replica.
 pub struct LedgerRecord {

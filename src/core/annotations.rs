@@ -1,24 +1,11 @@
 //! Workload annotations (CONTRACT section 2): read from the object's metadata and its pod
 //! template, checked for typos and conflicts, and parsed once into a typed `ModuleRequest`.
 
+use crate::core::denial::{Denial, Rule};
 use crate::core::domain::{GpuIndex, MemoryLimit, Mode, Percentage};
 use crate::core::policy::GpuChoice;
-use crate::core::verdict::{Denial, Rule};
 
-pub const PREFIX: &str = "gpushare.io/";
-pub const GPU: &str = "gpushare.io/gpu";
-pub const MODE: &str = "gpushare.io/mode";
-pub const MPS_PERCENTAGE: &str = "gpushare.io/mps-percentage";
-pub const MPS_MEMORY_LIMIT: &str = "gpushare.io/mps-memory-limit";
-pub const CONTAINERS: &str = "gpushare.io/containers";
-/// The keys users set; any one of them makes a workload managed.
-pub const USER_KEYS: [&str; 5] = [GPU, MODE, MPS_PERCENTAGE, MPS_MEMORY_LIMIT, CONTAINERS];
-
-pub const ASSIGNED_GPU: &str = "gpushare.io/assigned-gpu";
-pub const ASSIGNED_MODE: &str = "gpushare.io/assigned-mode";
-pub const ASSIGNED_MPS_PERCENTAGE: &str = "gpushare.io/assigned-mps-percentage";
-/// The keys gpushare writes; they are not typos and do not make a workload managed.
-pub const ASSIGNED_KEYS: [&str; 3] = [ASSIGNED_GPU, ASSIGNED_MODE, ASSIGNED_MPS_PERCENTAGE];
+pub use crate::core::keys::*;
 
 use crate::core::workload::{Annotations, Workload};
 

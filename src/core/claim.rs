@@ -10,8 +10,8 @@ use crate::core::annotations::{
 };
 use crate::core::domain::{GpuIndex, Mode, Percentage};
 use crate::core::handwritten::{self, Extras};
-use crate::core::inventory::Placement;
 use crate::core::pods::PodCount;
+use crate::core::workload::Placement;
 use crate::core::workload::{Annotations, Container, Workload, WorkloadKey};
 
 /// How a module shares its GPU: whole (time-slicing) or an MPS share per pod.

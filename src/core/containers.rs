@@ -4,9 +4,9 @@
 
 use crate::core::annotations;
 use crate::core::claim::selection;
+use crate::core::denial::{Denial, Rule};
 use crate::core::domain::*;
 use crate::core::policy::Policy;
-use crate::core::verdict::{Denial, Rule};
 use crate::core::workload::{Container, Workload};
 
 /// Which containers get the GPU, by position in the pod spec's `containers`; a listed name

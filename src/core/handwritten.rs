@@ -4,12 +4,12 @@
 //! it stands for, or counted as one more client process of its module's GPU.
 
 use crate::core::annotations::{self, ModuleRequest};
+use crate::core::denial::{Denial, Rule};
 use crate::core::domain::{
     GpuIndex, MemoryLimit, Mode, Percentage, MPS_MEMORY_LIMIT, MPS_THREAD_PERCENTAGE,
     VISIBLE_DEVICES,
 };
 use crate::core::policy::GpuChoice;
-use crate::core::verdict::{Denial, Rule};
 use crate::core::workload::{Container, Workload};
 
 /// What a container writes itself, parsed; `None` where it writes nothing.

@@ -34,12 +34,7 @@ impl Node {
     }
 }
 
-/// Where a module's pods may run, from its pod template.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Placement {
-    pub node_selector: BTreeMap<String, String>,
-    pub node_name: String,
-}
+pub use crate::core::workload::Placement;
 
 impl Placement {
     fn is_unconstrained(&self) -> bool {

@@ -1,9 +1,9 @@
 //! The mutation (CONTRACT section 3): the JSON Patch that writes an assignment into a workload,
 //! or takes gpushare's writes back when a workload stops being managed.
 
-use crate::core::annotations::ASSIGNED_KEYS;
 use crate::core::claim::Assigned;
 use crate::core::domain::*;
+use crate::core::keys::ASSIGNED_KEYS;
 use crate::core::patch::{EnvChange, PatchBuilder};
 use crate::core::policy::Policy;
 use crate::core::verdict::{Mutation, Outcome};

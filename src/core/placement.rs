@@ -5,11 +5,11 @@
 use std::fmt::Write as _;
 
 use crate::core::annotations;
+use crate::core::denial::{Denial, Rule};
 use crate::core::domain::{GpuIndex, Mode};
 use crate::core::inventory::{Inventory, Node, Placement};
 use crate::core::pods::PodCount;
 use crate::core::policy::{Enforcement, Policy, Strategy};
-use crate::core::verdict::{Denial, Rule};
 use crate::core::workload::WorkloadKey;
 
 /// What one module needs from a GPU.

@@ -12,8 +12,7 @@ use std::fmt;
 pub use kind::{Kind, Layout};
 pub use wire::{Container, JsonObject, ObjectMeta, PodSpec, RawObject};
 
-use crate::core::annotations::PREFIX;
-use crate::core::inventory::Placement;
+use crate::core::keys::PREFIX;
 use crate::core::pods::PodCount;
 
 pub type Annotations = BTreeMap<String, String>;
@@ -66,6 +65,13 @@ impl fmt::Display for ControllerRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.kind, self.name)
     }
+}
+
+/// Where a module's pods may run, from its pod template.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Placement {
+    pub node_selector: BTreeMap<String, String>,
+    pub node_name: String,
 }
 
 /// A workload of any kind, reduced to what the decision reads.
@@ -145,8 +151,8 @@ impl Workload {
     /// the assigned annotations the pods get and every GPU variable of their containers, hashed.
     /// An object made by a controller has the fingerprint of the controller's template.
     pub fn gpu_fingerprint(&self) -> u64 {
-        use crate::core::annotations::ASSIGNED_KEYS;
         use crate::core::domain::GPU_VARIABLES;
+        use crate::core::keys::ASSIGNED_KEYS;
         use std::hash::{Hash, Hasher};
         // A fixed hasher: fingerprints of one object must agree between replicas and restarts.
         let mut hasher = Fnv64::default();
