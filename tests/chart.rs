@@ -533,3 +533,49 @@ fn a_service_monitor_scrapes_the_health_port_when_enabled() {
         deployment["spec"]["selector"]["matchLabels"]
     );
 }
+
+/// Every webhook trusted, on every install path (issue: a third webhook once had no CA): with
+/// `webhook.caBundle` every webhook of the configuration gets it, and with cert-manager the
+/// configuration carries the annotation the CA injector fills every webhook from. Webhooks are
+/// counted from the render, never assumed.
+#[test]
+fn every_webhook_of_every_render_is_trusted() {
+    let Some(helm) = tools() else { return };
+    let webhooks_of = |objects: &[Value]| -> Value {
+        objects
+            .iter()
+            .find(|o| o["kind"] == "MutatingWebhookConfiguration")
+            .cloned()
+            .expect("a webhook configuration")
+    };
+    let with_bundle = template(
+        &helm,
+        "gpushare",
+        "gpushare-system",
+        &["--set", "webhook.caBundle=Q0E="],
+    );
+    let configuration = webhooks_of(&with_bundle);
+    let webhooks = configuration["webhooks"].as_array().expect("webhooks");
+    assert!(webhooks.len() >= 2, "{configuration:#}");
+    for webhook in webhooks {
+        assert_eq!(
+            webhook["clientConfig"]["caBundle"], "Q0E=",
+            "webhook {} has no caBundle",
+            webhook["name"]
+        );
+    }
+    let cert_manager = template(&helm, "edge", "gpu", &["--set", "certManager.enabled=true"]);
+    let configuration = webhooks_of(&cert_manager);
+    assert_eq!(
+        configuration["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        "gpu/edge-gpushare-tls",
+        "cert-manager's CA injector fills every webhook of an annotated configuration"
+    );
+    for webhook in configuration["webhooks"].as_array().expect("webhooks") {
+        assert!(
+            webhook["clientConfig"]["caBundle"].is_null(),
+            "a caBundle in the render would fight the injector: {}",
+            webhook["name"]
+        );
+    }
+}

@@ -95,3 +95,67 @@ fn the_cert_manager_components_webhook_configuration_is_accepted_by_the_real_api
         applied.stdout
     );
 }
+
+/// `make deploy` trusts every webhook: its `make inject-ca` step, run against the real API server
+/// on a copy of the shipped configuration (renamed, and matching no namespace so it never calls
+/// anything), sets the caBundle on each of its webhooks, however many there are.
+#[test]
+fn make_inject_ca_sets_the_ca_bundle_of_every_webhook() {
+    const NAME: &str = "gpushare-inject-ca-test";
+    let rendered = kubectl(&[
+        "kustomize",
+        root().join("manifests").to_str().expect("utf-8"),
+    ])
+    .ok();
+    let mut configuration = serde_yaml::Deserializer::from_str(&rendered.stdout)
+        .filter_map(|doc| Value::deserialize(doc).ok())
+        .find(|v| v["kind"] == "MutatingWebhookConfiguration")
+        .expect("manifests/ render a webhook configuration");
+    configuration["metadata"] = serde_json::json!({"name": NAME});
+    let webhooks = configuration["webhooks"].as_array_mut().expect("webhooks");
+    let count = webhooks.len();
+    for webhook in webhooks.iter_mut() {
+        webhook["namespaceSelector"] = serde_json::json!({"matchLabels": {NAME: "never"}});
+    }
+    let _ = kubectl(&[
+        "delete",
+        "mutatingwebhookconfiguration",
+        NAME,
+        "--ignore-not-found",
+    ]);
+    kubectl_in(&["create", "-f", "-"], Some(&configuration.to_string())).ok();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let bundle = dir.path().join("ca-bundle");
+    std::fs::write(&bundle, "Q0EgYnVuZGxl\n").expect("write the bundle");
+    let kubectl_command = format!(
+        "{} --kubeconfig={}",
+        std::env::var("KUBECTL").unwrap_or_else(|_| env_var("KUBECTL").to_string()),
+        kubeconfig()
+    );
+    let mut make = std::process::Command::new("make");
+    make.current_dir(root()).args([
+        "--no-print-directory",
+        "inject-ca",
+        &format!("WEBHOOK_CONFIGURATION={NAME}"),
+        &format!("CA_BUNDLE_FILE={}", bundle.display()),
+        &format!("KUBECTL={kubectl_command}"),
+    ]);
+    let run = run(&mut make, None).ok();
+    assert!(
+        run.stdout
+            .contains(&format!("caBundle set on {count} webhooks")),
+        "{}",
+        run.stdout
+    );
+    let stored = get_json(&["mutatingwebhookconfiguration", NAME]);
+    let _ = kubectl(&["delete", "mutatingwebhookconfiguration", NAME]);
+    let webhooks = stored["webhooks"].as_array().expect("webhooks");
+    assert_eq!(webhooks.len(), count);
+    for webhook in webhooks {
+        assert_eq!(
+            webhook["clientConfig"]["caBundle"], "Q0EgYnVuZGxl",
+            "webhook {} has no caBundle",
+            webhook["name"]
+        );
+    }
+}
