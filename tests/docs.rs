@@ -86,7 +86,7 @@ fn gpushare_constants(path: &str) -> BTreeSet<String> {
 
 #[test]
 fn every_annotation_and_label_is_in_the_reference() {
-    let annotations = gpushare_constants("src/core/annotations.rs");
+    let annotations = gpushare_constants("src/core/keys.rs");
     assert!(
         annotations.len() >= 8,
         "read the annotation constants: {annotations:?}"
