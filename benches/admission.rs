@@ -8,7 +8,12 @@
 //! `BENCH_LEVELS` (`1,16,64`), `BENCH_MIN_TOTAL` (100000 requests to gpushare before its RSS is
 //! read), `BENCH_INFO_LOG` (`0` skips the extra run with `RUST_LOG=info`), `BENCH_CEILING` (`0`
 //! skips the ceiling), `BENCH_WAIT_QUIET` (seconds to wait, before each level, for other
-//! processes on a shared machine to go quiet; default 0).
+//! processes on a shared machine to go quiet; default 0), `BENCH_BASELINE_BIN` (another gpushare
+//! binary, run beside this build for an A/B comparison).
+//!
+//! `BENCH_LOAD_TOOL=wrk` (`make bench-wrk`) drives the same servers with wrk instead of the
+//! in-process load generator (`admission/wrk.rs`; levels `16,64`); results in
+//! `target/bench-results-wrk.md`.
 //!
 //! Soak mode: `BENCH_SOAK_SECONDS=300 BENCH_RATE=<req/s>` paces requests over
 //! `BENCH_SOAK_CONCURRENCY` (16) connections for that long and samples RSS every
@@ -33,18 +38,26 @@ mod report;
 mod requests;
 #[path = "admission/soak.rs"]
 mod soak;
+#[path = "admission/wrk.rs"]
+mod wrk;
 
 use load::{run_levels, run_phase, target_for, Check, LevelResult};
-use process::{pin_self_to_core_1, Workspace};
+use process::{pin_self_to_core_1, Server, Workspace};
 use report::render;
 use requests::Template;
 
 const CEILING_ENV: &str = "GPUSHARE_BENCH_CEILING";
 
-// Targets from the issue.
-const TARGET_P99_US_AT_16: u64 = 1_000;
-const TARGET_RATIO_AT_64: f64 = 0.5;
-const TARGET_RSS_KB: u64 = 30 * 1024;
+// Targets from issue 26.
+/// gpushare's requests per server CPU-second at concurrency 64, as a share of the ceiling's.
+const TARGET_CPU_RATIO_AT_64: f64 = 0.8;
+/// p99 at concurrency 16 when the ceiling's own p99 there is at most `FAST_CEILING_P99_US`...
+const TARGET_P99_US_AT_16: u64 = 500;
+const FAST_CEILING_P99_US: u64 = 300;
+/// ...and otherwise at most this many times the ceiling's (a slower core).
+const TARGET_P99_CEILING_FACTOR: f64 = 1.5;
+/// Peak RSS (VmHWM), read after at least `TARGET_MIN_REQUESTS` requests.
+const TARGET_HWM_KB: u64 = 10 * 1024;
 const TARGET_MIN_REQUESTS: u64 = 100_000;
 
 fn main() {
@@ -60,15 +73,18 @@ fn main() {
     } else {
         Config::smoke()
     };
+    if !benchmark {
+        wrk::check_parser();
+    }
     let pinned = benchmark && pin_self_to_core_1();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("the tokio runtime starts");
-    let errors = if let Some(soak) = config.soak {
-        runtime.block_on(soak::run(&config, soak, pinned))
-    } else {
-        runtime.block_on(run(&config, pinned))
+    let errors = match (config.soak, config.load_tool) {
+        (Some(soak), _) => runtime.block_on(soak::run(&config, soak, pinned)),
+        (None, LoadTool::InProcess) => runtime.block_on(run(&config, pinned)),
+        (None, LoadTool::Wrk) => runtime.block_on(wrk::run(&config, pinned)),
     };
     if errors > 0 {
         eprintln!("bench: {errors} requests failed");
@@ -92,6 +108,13 @@ struct SoakConfig {
     sample_seconds: f64,
 }
 
+/// What drives the load: this process's own hyper client, or wrk (`BENCH_LOAD_TOOL=wrk`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum LoadTool {
+    InProcess,
+    Wrk,
+}
+
 #[derive(Debug, Clone)]
 struct Config {
     warmup: Duration,
@@ -105,6 +128,9 @@ struct Config {
     wait_quiet: Duration,
     /// Under `cargo test`: report, but leave `target/bench-results.md` alone.
     smoke: bool,
+    load_tool: LoadTool,
+    /// Another gpushare binary to run beside this build, with the same arguments.
+    baseline: Option<PathBuf>,
 }
 
 fn env_parse<T: std::str::FromStr>(name: &str) -> Option<T> {
@@ -135,6 +161,8 @@ impl Config {
             soak: None,
             wait_quiet: Duration::ZERO,
             smoke: true,
+            load_tool: LoadTool::InProcess,
+            baseline: None,
         }
     }
 
@@ -142,6 +170,11 @@ impl Config {
         let budget = match env_parse::<u64>("BENCH_REQUESTS") {
             Some(n) if n > 0 => Budget::Requests(n),
             _ => Budget::Seconds(env_parse("BENCH_SECONDS").unwrap_or(10.0)),
+        };
+        let load_tool = match std::env::var("BENCH_LOAD_TOOL").as_deref().map(str::trim) {
+            Err(_) | Ok("") | Ok("inprocess") => LoadTool::InProcess,
+            Ok("wrk") => LoadTool::Wrk,
+            Ok(other) => panic!("BENCH_LOAD_TOOL={other:?}: use `wrk`, or leave it unset"),
         };
         let levels = match std::env::var("BENCH_LEVELS") {
             Ok(text) => text
@@ -152,8 +185,16 @@ impl Config {
                         .expect("BENCH_LEVELS is a comma-separated list")
                 })
                 .collect(),
+            Err(_) if load_tool == LoadTool::Wrk => vec![16, 64],
             Err(_) => vec![1, 16, 64],
         };
+        let baseline = std::env::var_os("BENCH_BASELINE_BIN")
+            .filter(|v| !v.is_empty())
+            .map(|bin| {
+                std::fs::canonicalize(&bin).unwrap_or_else(|e| {
+                    panic!("BENCH_BASELINE_BIN={}: {e}", PathBuf::from(&bin).display())
+                })
+            });
         let soak = env_parse::<f64>("BENCH_SOAK_SECONDS")
             .filter(|s| *s > 0.0)
             .map(|seconds| SoakConfig {
@@ -172,31 +213,55 @@ impl Config {
             soak,
             wait_quiet: Duration::from_secs_f64(env_parse("BENCH_WAIT_QUIET").unwrap_or(0.0)),
             smoke: false,
+            load_tool,
+            baseline,
         }
     }
 }
 
 // ---- the main run -------------------------------------------------------------------------------
 
-impl Run {
-    fn errors(&self) -> u64 {
-        self.gpushare
-            .iter()
-            .chain(&self.top_up)
-            .chain(&self.ceiling)
-            .chain(&self.info)
-            .map(|r| r.errors)
-            .sum()
+/// The servers' `RUST_LOG` for the measured runs: the per-admission line off, the `listening on`
+/// line (which gives the port) on.
+const QUIET_LOG: &str = "warn,gpushare::cli::commands=info";
+
+/// One gpushare build under load: its levels, the requests that topped it up to
+/// `min_total`, and its memory and log after all of them.
+struct Served {
+    levels: Vec<LevelResult>,
+    top_up: Option<LevelResult>,
+    total: u64,
+    hwm_kb: u64,
+    rss_kb: u64,
+    log_bytes: u64,
+}
+
+impl Served {
+    /// Reads memory and log once every request has been served.
+    fn finish(
+        server: &mut Server,
+        levels: Vec<LevelResult>,
+        top_up: Option<LevelResult>,
+    ) -> Served {
+        server.assert_running();
+        let (hwm_kb, rss_kb) = server.memory_kb();
+        let total = levels.iter().chain(&top_up).map(|r| r.sent).sum();
+        Served {
+            levels,
+            top_up,
+            total,
+            hwm_kb,
+            rss_kb,
+            log_bytes: server.log_bytes(),
+        }
     }
 }
 
 struct Run {
-    gpushare: Vec<LevelResult>,
-    top_up: Option<LevelResult>,
-    gpushare_total: u64,
-    hwm_kb: u64,
-    rss_kb: u64,
-    gpushare_log_bytes: u64,
+    /// How the load was made, for the report's first paragraph.
+    method: String,
+    gpushare: Served,
+    baseline: Option<Served>,
     ceiling: Vec<LevelResult>,
     ceiling_memory: Option<(u64, u64)>,
     info: Vec<LevelResult>,
@@ -204,51 +269,107 @@ struct Run {
     info_total: u64,
 }
 
+impl Run {
+    fn errors(&self) -> u64 {
+        let served =
+            |s: &Served| -> u64 { s.levels.iter().chain(&s.top_up).map(|r| r.errors).sum() };
+        served(&self.gpushare)
+            + self.baseline.as_ref().map_or(0, served)
+            + self
+                .ceiling
+                .iter()
+                .chain(&self.info)
+                .map(|r| r.errors)
+                .sum::<u64>()
+    }
+}
+
+/// A gpushare build through every level with the in-process load generator, then topped up at
+/// concurrency 64 until it has served `min_total` requests.
+async fn serve_in_process(
+    label: &str,
+    mut server: Server,
+    workspace: &Workspace,
+    templates: &Arc<Vec<Template>>,
+    config: &Config,
+) -> Served {
+    let target = target_for(&server, workspace, templates, Check::Verdict);
+    let levels = run_levels(label, &config.levels, &mut server, config, |c, pid| {
+        run_phase(&target, c, config.warmup, config.budget, pid)
+    })
+    .await;
+    let total: u64 = levels.iter().map(|r| r.sent).sum();
+    let top_up = if total < config.min_total {
+        let missing = config.min_total - total;
+        eprintln!("bench: {missing} more requests at c=64 so that {label} has served {} before its RSS is read", config.min_total);
+        Some(
+            run_phase(
+                &target,
+                64,
+                Duration::ZERO,
+                Budget::Requests(missing),
+                server.pid,
+            )
+            .await,
+        )
+    } else {
+        None
+    };
+    Served::finish(&mut server, levels, top_up)
+}
+
 /// The whole comparison; returns the number of failed requests.
 async fn run(config: &Config, pinned: bool) -> u64 {
     let workspace = Workspace::new();
     let templates = Arc::new(Template::all());
+    let bodies = templates
+        .iter()
+        .map(|t| t.len().to_string())
+        .collect::<Vec<_>>()
+        .join("/");
     eprintln!(
-        "bench: bodies {} bytes; levels {:?}; warm-up {:?}; measured {:?} per level",
-        templates
-            .iter()
-            .map(|t| t.len().to_string())
-            .collect::<Vec<_>>()
-            .join("/"),
-        config.levels,
-        config.warmup,
-        config.budget
+        "bench: bodies {bodies} bytes; levels {:?}; warm-up {:?}; measured {:?} per level",
+        config.levels, config.warmup, config.budget
     );
 
-    let mut server = workspace.start_gpushare("warn,gpushare::cli::commands=info", pinned);
-    let target = target_for(&server, &workspace, &templates, Check::Verdict);
-    let gpushare = run_levels("gpushare RUST_LOG=warn", &target, &mut server, config).await;
-    let mut total: u64 = gpushare.iter().map(|r| r.sent).sum();
-    let top_up = if total < config.min_total {
-        let missing = config.min_total - total;
-        eprintln!("bench: {missing} more requests at c=64 so that gpushare has served {} before its RSS is read", config.min_total);
-        let result = run_phase(
-            &target,
-            64,
-            Duration::ZERO,
-            Budget::Requests(missing),
-            server.pid,
-        )
-        .await;
-        total += result.sent;
-        Some(result)
-    } else {
-        None
+    let server = workspace.start_gpushare(QUIET_LOG, pinned);
+    let gpushare = serve_in_process(
+        "gpushare RUST_LOG=warn",
+        server,
+        &workspace,
+        &templates,
+        config,
+    )
+    .await;
+
+    let baseline = match &config.baseline {
+        Some(bin) => {
+            let server = workspace.start_baseline(bin, QUIET_LOG, pinned);
+            Some(
+                serve_in_process(
+                    "baseline RUST_LOG=warn",
+                    server,
+                    &workspace,
+                    &templates,
+                    config,
+                )
+                .await,
+            )
+        }
+        None => None,
     };
-    server.assert_running();
-    let (hwm_kb, rss_kb) = server.memory_kb();
-    let gpushare_log_bytes = server.log_bytes();
-    drop(server);
 
     let (ceiling, ceiling_memory) = if config.ceiling {
         let mut server = workspace.start_ceiling(pinned);
         let target = target_for(&server, &workspace, &templates, Check::Envelope);
-        let results = run_levels("ceiling (axum+rustls)", &target, &mut server, config).await;
+        let results = run_levels(
+            "ceiling (axum+rustls)",
+            &config.levels,
+            &mut server,
+            config,
+            |c, pid| run_phase(&target, c, config.warmup, config.budget, pid),
+        )
+        .await;
         (results, Some(server.memory_kb()))
     } else {
         (Vec::new(), None)
@@ -257,30 +378,53 @@ async fn run(config: &Config, pinned: bool) -> u64 {
     let (info, info_log_bytes, info_total) = if config.info_log {
         let mut server = workspace.start_gpushare("info", pinned);
         let target = target_for(&server, &workspace, &templates, Check::Verdict);
-        let results = run_levels("gpushare RUST_LOG=info", &target, &mut server, config).await;
+        let results = run_levels(
+            "gpushare RUST_LOG=info",
+            &config.levels,
+            &mut server,
+            config,
+            |c, pid| run_phase(&target, c, config.warmup, config.budget, pid),
+        )
+        .await;
         let total = results.iter().map(|r| r.sent).sum();
         (results, server.log_bytes(), total)
     } else {
         (Vec::new(), 0, 0)
     };
 
+    let budget = match config.budget {
+        Budget::Seconds(s) => format!("{s} s measured"),
+        Budget::Requests(n) => format!("{n} requests measured"),
+    };
+    let method = format!(
+        "Load from this bench's own client (hyper 1 over tokio-rustls): {:?} warm-up + {budget} per \
+         level; one HTTPS keep-alive connection per concurrent worker; requests rotate managed mps / \
+         managed time-slicing / unmanaged / denied (bodies {bodies} bytes); server {}, load \
+         generator {}.",
+        config.warmup,
+        if pinned { "on core 0" } else { "UNPINNED" },
+        if pinned { "on core 1" } else { "UNPINNED (no taskset)" },
+    );
     let run = Run {
+        method,
         gpushare,
-        top_up,
-        gpushare_total: total,
-        hwm_kb,
-        rss_kb,
-        gpushare_log_bytes,
+        baseline,
         ceiling,
         ceiling_memory,
         info,
         info_log_bytes,
         info_total,
     };
-    let report = render(&run, config, pinned, &templates);
+    finish(&run, config, "bench-results.md")
+}
+
+/// Prints the report, writes it as markdown to `target/<file>` (not under `cargo test`), and
+/// returns the number of failed requests.
+fn finish(run: &Run, config: &Config, file: &str) -> u64 {
+    let report = render(run, config);
     println!("{}", report.text);
     if !config.smoke {
-        let path = results_path("bench-results.md");
+        let path = results_path(file);
         match std::fs::write(&path, &report.markdown) {
             Ok(()) => println!("(also written as markdown to {})", path.display()),
             Err(e) => eprintln!("bench: cannot write {}: {e}", path.display()),

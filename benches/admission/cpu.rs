@@ -1,5 +1,6 @@
-//! CPU use over a measured window, read from `/proc`: the server's, this load generator's, and
-//! every other process's on the machine (which disturb the figures).
+//! CPU use over a measured window, read from `/proc`: the server's, the load generator's (this
+//! process, or wrk as its reaped child), and every other process's on the machine (which disturb
+//! the figures).
 
 use std::process::Command;
 use std::time::Instant;
@@ -11,6 +12,9 @@ pub struct CpuUse {
     pub server: f64,
     pub loadgen: f64,
     pub other: f64,
+    /// The server's CPU time over the window, in seconds: requests divided by it give the
+    /// requests per server CPU-second, whatever the length of the window.
+    pub server_seconds: f64,
 }
 
 pub struct CpuSample {
@@ -33,21 +37,27 @@ fn clock_ticks_per_second() -> f64 {
     })
 }
 
-/// utime + stime of a process (all its threads), in clock ticks.
-fn process_ticks(pid: &str) -> u64 {
+/// utime + stime of a process (all its threads), in clock ticks; with `children`, plus those of
+/// the children it has reaped (wrk, once it has exited and been waited for).
+fn process_ticks(pid: &str, children: bool) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().collect())
         .unwrap_or_default();
-    // After the command name: state is field 3, utime 14 and stime 15.
+    // After the command name: state is field 3, utime 14, stime 15, cutime 16 and cstime 17.
     let field = |n: usize| {
         fields
             .get(n - 3)
             .and_then(|f| f.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    field(14) + field(15)
+    let own = field(14) + field(15);
+    if children {
+        own + field(16) + field(17)
+    } else {
+        own
+    }
 }
 
 impl CpuSample {
@@ -70,13 +80,14 @@ impl CpuSample {
         CpuSample {
             at: Instant::now(),
             busy_ticks,
-            server_ticks: process_ticks(&server_pid.to_string()),
-            self_ticks: process_ticks("self"),
+            server_ticks: process_ticks(&server_pid.to_string(), false),
+            self_ticks: process_ticks("self", true),
         }
     }
 
     pub fn usage_until(&self, later: &CpuSample) -> CpuUse {
-        let seconds = (later.at - self.at).as_secs_f64() * clock_ticks_per_second() / 100.0;
+        let ticks_per_second = clock_ticks_per_second();
+        let seconds = (later.at - self.at).as_secs_f64() * ticks_per_second / 100.0;
         if seconds <= 0.0 {
             return CpuUse::default();
         }
@@ -88,6 +99,7 @@ impl CpuSample {
             server: pct(server),
             loadgen: pct(loadgen),
             other: pct(busy.saturating_sub(server + loadgen)),
+            server_seconds: server as f64 / ticks_per_second,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! paced, for the soak), each answer checked; one concurrency level at a time, with latency
 //! percentiles and CPU use.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -259,6 +260,20 @@ pub struct LevelResult {
     /// How many times the level ran (more than once when other processes disturbed it).
     pub attempts: u32,
 }
+
+impl LevelResult {
+    /// Requests answered per second of the server's own CPU time: unlike req/s, it does not
+    /// depend on whether the server or the load generator set the pace.
+    pub fn per_server_cpu_second(&self) -> f64 {
+        self.measured as f64 / self.cpu.server_seconds.max(f64::MIN_POSITIVE)
+    }
+
+    /// The server's CPU time per request, in microseconds.
+    pub fn server_cpu_us_per_request(&self) -> f64 {
+        self.cpu.server_seconds * 1e6 / self.measured.max(1) as f64
+    }
+}
+
 pub fn percentile(sorted: &[u32], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
@@ -368,26 +383,25 @@ async fn wait_quiet(limit: Duration, server_pid: u32) {
     }
 }
 
-/// Every level against one server, printing each row as it completes.
-pub async fn run_levels(
+/// Every level against one server, printing each row as it completes; `phase` runs one level
+/// (concurrency, server pid) with whichever load generator the run uses.
+pub async fn run_levels<F, Fut>(
     label: &str,
-    target: &Arc<Target>,
+    levels: &[usize],
     server: &mut Server,
     config: &Config,
-) -> Vec<LevelResult> {
+    mut phase: F,
+) -> Vec<LevelResult>
+where
+    F: FnMut(usize, u32) -> Fut,
+    Fut: Future<Output = LevelResult>,
+{
     let mut results = Vec::new();
-    for &concurrency in &config.levels {
+    for &concurrency in levels {
         let mut earlier: Option<LevelResult> = None;
         let result = loop {
             wait_quiet(config.wait_quiet, server.pid).await;
-            let mut result = run_phase(
-                target,
-                concurrency,
-                config.warmup,
-                config.budget,
-                server.pid,
-            )
-            .await;
+            let mut result = phase(concurrency, server.pid).await;
             server.assert_running();
             eprintln!(
                 "bench: {label:<24} c={concurrency:<3} {:>6.0} req/s  p50 {:>5} us  p99 {:>5} us  p99.9 {:>5} us  errors {}  cpu% server {:.0} loadgen {:.0} other {:.0}",

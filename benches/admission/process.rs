@@ -178,7 +178,7 @@ impl Workspace {
         Workspace { dir, gpushare }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
@@ -190,17 +190,28 @@ impl Workspace {
         self.path("certs/tls.key")
     }
 
+    /// This build's `gpushare serve`, standalone on the bench's policy and certificates.
     pub fn start_gpushare(&self, rust_log: &str, pin: bool) -> Server {
+        self.start_build("gpushare", &self.gpushare, rust_log, pin)
+    }
+
+    /// Another build of gpushare (`BENCH_BASELINE_BIN`) with the same arguments, for an A/B
+    /// comparison in one run.
+    pub fn start_baseline(&self, bin: &Path, rust_log: &str, pin: bool) -> Server {
+        self.start_build("baseline", bin, rust_log, pin)
+    }
+
+    fn start_build(&self, name: &str, bin: &Path, rust_log: &str, pin: bool) -> Server {
         let cert = self.cert();
         let key = self.key();
         let policy = self.path("policy.yaml");
         let log = self.path(&format!(
-            "gpushare-{}.log",
+            "{name}-{}.log",
             rust_log.replace([',', ':', '='], "_")
         ));
         Server::start(
-            "gpushare",
-            &self.gpushare,
+            name,
+            bin,
             &[
                 "serve",
                 "--standalone",
