@@ -3,7 +3,7 @@ CARGO ?= cargo
 BIN := target/debug/gpushare
 KUBECTL ?= kubectl
 
-.PHONY: build run test lint fmt certs check-examples deploy inject-ca undeploy bench bench-cluster clean cluster cluster-down e2e controlplane install
+.PHONY: build run test lint fmt certs check-examples deploy inject-ca undeploy bench bench-wrk bench-cluster clean cluster cluster-down e2e controlplane install
 
 # `make install`: gpushare and the kubectl plugin kubectl-gpushare (a link to it) into BINDIR.
 # PROFILE=dev installs the debug build (fast, for trying it out).
@@ -78,13 +78,22 @@ undeploy:
 
 # Load benchmark of the release binary against a bare axum+rustls ceiling (server on core 0, load
 # generator on core 1); prints a table and writes target/bench-results.md. Knobs: BENCH_SECONDS,
-# BENCH_WARMUP_SECONDS, BENCH_REQUESTS, BENCH_LEVELS, BENCH_INFO_LOG=0; soak: BENCH_SOAK_SECONDS=300
+# BENCH_WARMUP_SECONDS, BENCH_REQUESTS, BENCH_LEVELS, BENCH_INFO_LOG=0; BENCH_BASELINE_BIN=<an older
+# gpushare> runs it beside this build (A/B in one run); soak: BENCH_SOAK_SECONDS=300
 # BENCH_RATE=<req/s> (see BENCHMARKS.md).
 bench:
 	$(CARGO) bench --locked --bench review
 	$(CARGO) bench --locked --bench admission
+	$(MAKE) --no-print-directory bench-wrk
 	$(CARGO) bench --locked --bench cluster_scale
 	$(MAKE) --no-print-directory bench-cluster
+
+# The same servers and targets with wrk as the load generator (BENCH_LOAD_TOOL=wrk; Debian's wrk,
+# installed when missing, on core 1): one managed-mps AdmissionReview per request over HTTPS
+# keep-alive at concurrency 16 and 64; writes target/bench-results-wrk.md. Same knobs as above.
+bench-wrk:
+	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
+	BENCH_LOAD_TOOL=wrk $(CARGO) bench --locked --bench admission
 
 # The ledger and commits through the real kube-apiserver and etcd: gpushare's release image, 2
 # replicas (`make cluster IN_CLUSTER=1`), 100 / 2,000 / 20,000 managed workloads over 100 nodes.
