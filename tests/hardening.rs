@@ -455,3 +455,56 @@ async fn sigterm_during_a_burst_answers_every_request_already_started() {
         "gpushare exits cleanly after SIGTERM: {status:?}"
     );
 }
+
+/// Sends `head` and then `pieces` of a body over a fresh connection (`Connection: close`), pausing
+/// between pieces so that the server sees them arrive apart; returns all it answered.
+async fn post_in_pieces(server: &Server, length: usize, pieces: &[&[u8]]) -> String {
+    let connector = client(roots(&[&server.certs.ca()]), None);
+    let tcp = TcpStream::connect(server.addr).await.expect("connects");
+    let mut tls = connector
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("handshake");
+    let head = format!(
+        "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
+    );
+    tls.write_all(head.as_bytes()).await.expect("headers");
+    for (i, piece) in pieces.iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tls.write_all(piece).await.expect("a piece of the body");
+        tls.flush().await.expect("flush");
+    }
+    let mut answer = Vec::new();
+    tokio::time::timeout(DEADLINE, tls.read_to_end(&mut answer))
+        .await
+        .expect("the server answers and closes")
+        .ok();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn a_body_sent_in_pieces_is_read_whole_and_one_that_stops_halfway_gets_408() {
+    let server = tokio::task::spawn_blocking(|| Server::start(&[]))
+        .await
+        .expect("starts");
+    let review = Review::create(web(&[("gpushare.io/gpu", "0")])).to_json();
+    let uid = review["request"]["uid"]
+        .as_str()
+        .expect("a uid")
+        .to_string();
+    let body = serde_json::to_vec(&review).expect("json");
+    let (first, second) = body.split_at(body.len() / 2);
+
+    let whole = post_in_pieces(&server, body.len(), &[first, second]).await;
+    assert!(whole.starts_with("HTTP/1.1 200"), "{whole}");
+    assert!(
+        whole.contains(&uid) && whole.contains("\"allowed\":true"),
+        "{whole}"
+    );
+
+    let stopped = post_in_pieces(&server, body.len(), &[first]).await;
+    assert!(stopped.starts_with("HTTP/1.1 408"), "{stopped}");
+    server.assert_healthy().await;
+}

@@ -2,8 +2,6 @@
 //! it: only the request fields gpushare reads are parsed (the object stays raw until needed), and
 //! the response carries the same `uid`, `allowed`, a `status` on denial, and a base64 JSON Patch.
 
-use std::borrow::Cow;
-
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -135,100 +133,152 @@ pub fn present(raw: Option<&RawValue>) -> Option<&RawValue> {
 }
 
 /// The answer. It borrows the uid, warnings and message from the request and the verdict, so
-/// answering copies nothing but the patch on its way to base64. Read back (in tests) it owns them.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// answering copies nothing but the patch on its way to base64.
+#[derive(Debug)]
 pub struct ReviewResponse<'a> {
-    pub api_version: Cow<'a, str>,
-    pub kind: Cow<'a, str>,
-    pub response: Response<'a>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Response<'a> {
-    pub uid: Cow<'a, str>,
-    pub allowed: bool,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub status: Option<Status<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub patch: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub patch_type: Option<Cow<'a, str>>,
-    #[serde(skip_serializing_if = "no_warnings", default)]
-    pub warnings: Cow<'a, [String]>,
-}
-
-#[allow(clippy::ptr_arg)] // serde hands over the field as it is
-fn no_warnings(warnings: &Cow<'_, [String]>) -> bool {
-    warnings.is_empty()
+    uid: &'a str,
+    allowed: bool,
+    status: Option<Status<'a>>,
+    /// Base64 of the JSON Patch: nothing in it needs escaping.
+    patch: Option<String>,
+    warnings: &'a [String],
 }
 
 /// The `metav1.Status` of a denial.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Status<'a> {
-    pub code: u16,
-    pub message: Cow<'a, str>,
-    #[serde(default)]
-    pub status: Cow<'a, str>,
+#[derive(Debug)]
+struct Status<'a> {
+    code: u16,
+    message: &'a str,
 }
 
 impl<'a> ReviewResponse<'a> {
     pub fn new(uid: &'a str, verdict: &'a Verdict) -> ReviewResponse<'a> {
-        let response = match verdict {
-            Verdict::Allowed(m) => {
-                let patch = (!m.patch.is_empty()).then(|| {
+        match verdict {
+            Verdict::Allowed(m) => ReviewResponse {
+                patch: (!m.patch.is_empty()).then(|| {
                     let json = serde_json::to_vec(&m.patch).expect("patch operations serialize");
                     base64::engine::general_purpose::STANDARD.encode(json)
-                });
-                Response {
-                    patch_type: patch.as_ref().map(|_| Cow::Borrowed("JSONPatch")),
-                    patch,
-                    warnings: Cow::Borrowed(&m.warnings),
-                    ..Response::allowed(uid)
-                }
-            }
-            Verdict::Denied(d) => Response {
+                }),
+                warnings: &m.warnings,
+                ..ReviewResponse::allow(uid)
+            },
+            Verdict::Denied(d) => ReviewResponse {
                 allowed: false,
                 status: Some(Status {
                     code: d.code(),
-                    message: Cow::Borrowed(&d.message),
-                    status: Cow::Borrowed("Failure"),
+                    message: &d.message,
                 }),
-                ..Response::allowed(uid)
+                ..ReviewResponse::allow(uid)
             },
-        };
-        ReviewResponse::with(response)
+        }
     }
 
     /// Allowed, unchanged: for kinds and operations gpushare does not handle.
     pub fn allow(uid: &'a str) -> ReviewResponse<'a> {
-        ReviewResponse::with(Response::allowed(uid))
-    }
-
-    fn with(response: Response<'a>) -> ReviewResponse<'a> {
         ReviewResponse {
-            api_version: Cow::Borrowed(API_VERSION),
-            kind: Cow::Borrowed(KIND),
-            response,
-        }
-    }
-
-    /// The body of the HTTP answer.
-    pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("responses serialize")
-    }
-}
-
-impl<'a> Response<'a> {
-    fn allowed(uid: &'a str) -> Response<'a> {
-        Response {
-            uid: Cow::Borrowed(uid),
+            uid,
             allowed: true,
             status: None,
             patch: None,
-            patch_type: None,
-            warnings: Cow::Borrowed(&[]),
+            warnings: &[],
         }
+    }
+
+    /// The body of the HTTP answer, written field by field: the answer is on every admission's
+    /// path, and only the uid, the message and the warnings can hold characters JSON escapes.
+    pub fn to_json(&self) -> Vec<u8> {
+        let patch = self.patch.as_deref().unwrap_or("");
+        let message = self.status.as_ref().map_or("", |s| s.message);
+        let mut out = Vec::with_capacity(160 + self.uid.len() + patch.len() + message.len());
+        out.extend_from_slice(
+            br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"#,
+        );
+        json_string(&mut out, self.uid);
+        out.extend_from_slice(if self.allowed {
+            br#","allowed":true"#.as_slice()
+        } else {
+            br#","allowed":false"#.as_slice()
+        });
+        if let Some(status) = &self.status {
+            out.extend_from_slice(
+                format!(r#","status":{{"code":{},"message":"#, status.code).as_bytes(),
+            );
+            json_string(&mut out, status.message);
+            out.extend_from_slice(br#","status":"Failure"}"#);
+        }
+        if self.patch.is_some() {
+            out.extend_from_slice(br#","patch":""#);
+            out.extend_from_slice(patch.as_bytes());
+            out.extend_from_slice(br#"","patchType":"JSONPatch""#);
+        }
+        if !self.warnings.is_empty() {
+            out.extend_from_slice(br#","warnings":"#);
+            serde_json::to_writer(&mut out, self.warnings).expect("strings serialize");
+        }
+        out.extend_from_slice(b"}}");
+        out
+    }
+}
+
+fn json_string(out: &mut Vec<u8>, text: &str) {
+    serde_json::to_writer(out, text).expect("strings serialize");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::verdict::{Denial, Rule};
+    use serde_json::{json, Value};
+
+    fn read(response: &ReviewResponse) -> Value {
+        serde_json::from_slice(&response.to_json()).expect("the answer is JSON")
+    }
+
+    #[test]
+    fn an_allowed_answer_carries_the_patch_in_base64_and_the_warnings() {
+        let patch: Vec<json_patch::PatchOperation> = serde_json::from_value(json!([
+            {"op": "add", "path": "/metadata/annotations/x", "value": "y"}
+        ]))
+        .expect("a patch");
+        let verdict = Verdict::Allowed(crate::core::verdict::Mutation {
+            patch: patch.clone(),
+            warnings: vec!["mind \"this\"".into()],
+            outcome: crate::core::verdict::Outcome::Unmanaged,
+        });
+        let answer = read(&ReviewResponse::new("u", &verdict));
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(answer["response"]["patch"].as_str().expect("a patch"))
+            .expect("base64");
+        assert_eq!(
+            serde_json::from_slice::<Vec<json_patch::PatchOperation>>(&decoded)
+                .expect("JSON Patch"),
+            patch
+        );
+        assert_eq!(answer["response"]["patchType"], "JSONPatch");
+        assert_eq!(answer["response"]["allowed"], true);
+        assert_eq!(answer["response"]["warnings"], json!(["mind \"this\""]));
+    }
+
+    #[test]
+    fn an_unchanged_answer_carries_only_the_uid_and_allowed() {
+        assert_eq!(
+            read(&ReviewResponse::allow("a\"b")),
+            json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                   "response": {"uid": "a\"b", "allowed": true}})
+        );
+    }
+
+    #[test]
+    fn a_denial_carries_its_code_and_escaped_message() {
+        let verdict = Verdict::Denied(Denial::new(Rule::Capacity, "line one\n\"two\""));
+        let answer = read(&ReviewResponse::new("u", &verdict));
+        let Verdict::Denied(denial) = &verdict else {
+            unreachable!()
+        };
+        assert_eq!(
+            answer["response"],
+            json!({"uid": "u", "allowed": false,
+                   "status": {"code": denial.code(), "message": "line one\n\"two\"", "status": "Failure"}})
+        );
     }
 }

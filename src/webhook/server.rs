@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -97,31 +97,30 @@ fn health_router(state: Arc<AppState>) -> Router {
 const STATUS_PAGE_REFRESH_SECONDS: u32 = 10;
 
 async fn mutate(State(state): State<Arc<AppState>>, request: Request<Body>) -> Response {
-    let body =
-        match tokio::time::timeout(state.request_timeout, read_body(request.into_body())).await {
-            Ok(Ok(body)) => body,
-            Ok(Err(BodyError::TooLarge)) => {
-                return (
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("request body exceeds {MAX_BODY_BYTES} bytes\n"),
-                )
-                    .into_response()
-            }
-            Ok(Err(BodyError::Read(error))) => {
-                return (
-                    StatusCode::BAD_REQUEST,
-                    format!("cannot read request body: {error}\n"),
-                )
-                    .into_response()
-            }
-            Err(_) => {
-                return (
-                    StatusCode::REQUEST_TIMEOUT,
-                    "request body not received in time\n",
-                )
-                    .into_response()
-            }
-        };
+    let body = match read_body_in_time(request.into_body(), state.request_timeout).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => {
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body exceeds {MAX_BODY_BYTES} bytes\n"),
+            )
+                .into_response()
+        }
+        Err(BodyError::Read(error)) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("cannot read request body: {error}\n"),
+            )
+                .into_response()
+        }
+        Err(BodyError::TimedOut) => {
+            return (
+                StatusCode::REQUEST_TIMEOUT,
+                "request body not received in time\n",
+            )
+                .into_response()
+        }
+    };
     match state.service.review(&body).await {
         Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
         Err(error) => (StatusCode::BAD_REQUEST, format!("{error}\n")).into_response(),
@@ -131,28 +130,54 @@ async fn mutate(State(state): State<Arc<AppState>>, request: Request<Body>) -> R
 enum BodyError {
     TooLarge,
     Read(axum::Error),
+    TimedOut,
 }
 
-/// Reads at most `MAX_BODY_BYTES`. Past that, the rest is read and discarded (up to a bound) so
-/// the client receives the 413 instead of a connection reset; it is never buffered.
-async fn read_body(body: Body) -> Result<Vec<u8>, BodyError> {
+/// `read_body` within `within`. The API server's review almost always arrives with its headers,
+/// and then the body is read at once, without arming (and cancelling) a timer per request.
+async fn read_body_in_time(body: Body, within: Duration) -> Result<Bytes, BodyError> {
+    let mut read = std::pin::pin!(read_body(body));
+    if let Some(done) = futures::FutureExt::now_or_never(read.as_mut()) {
+        return done;
+    }
+    tokio::time::timeout(within, read)
+        .await
+        .unwrap_or(Err(BodyError::TimedOut))
+}
+
+/// Reads at most `MAX_BODY_BYTES`; a body of one chunk (the usual case) is kept without a copy.
+/// Past the limit, the rest is read and discarded (up to a bound) so the client receives the 413
+/// instead of a connection reset; it is never buffered.
+async fn read_body(body: Body) -> Result<Bytes, BodyError> {
     const DISCARD_LIMIT: usize = 8 * MAX_BODY_BYTES;
     let mut stream = body.into_data_stream();
-    let mut buffer = Vec::new();
+    let mut first: Option<Bytes> = None;
+    let mut rest: Vec<u8> = Vec::new();
     let mut seen = 0usize;
     while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
         let chunk = chunk.map_err(BodyError::Read)?;
         seen = seen.saturating_add(chunk.len());
-        if seen <= MAX_BODY_BYTES {
-            buffer.extend_from_slice(&chunk);
-        } else if seen > DISCARD_LIMIT {
+        if seen > DISCARD_LIMIT {
             break;
+        } else if seen > MAX_BODY_BYTES {
+            continue;
+        }
+        match &first {
+            None => first = Some(chunk),
+            Some(head) => {
+                if rest.is_empty() {
+                    rest.extend_from_slice(head);
+                }
+                rest.extend_from_slice(&chunk);
+            }
         }
     }
     if seen > MAX_BODY_BYTES {
         Err(BodyError::TooLarge)
+    } else if rest.is_empty() {
+        Ok(first.unwrap_or_default())
     } else {
-        Ok(buffer)
+        Ok(Bytes::from(rest))
     }
 }
 

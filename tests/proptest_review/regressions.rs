@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use gpushare::cli::check::{check, parse_documents, Document, Mark};
 use gpushare::core::inventory::Inventory;
 use gpushare::core::policy::Policy;
-use gpushare::webhook::admission::Response;
 use serde_json::{json, Value};
 
 use crate::reviews::{GPU, MEM};
@@ -29,7 +28,7 @@ fn regression_review(name: &str) -> Value {
 }
 
 /// Every service's answer to a review that passes the checks of property (b).
-fn replay(review: &Value) -> Vec<Response<'static>> {
+fn replay(review: &Value) -> Vec<crate::service::Response> {
     services()
         .iter()
         .map(|s| {

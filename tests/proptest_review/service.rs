@@ -8,9 +8,10 @@ use base64::Engine as _;
 use gpushare::core::inventory::Inventory;
 use gpushare::core::policy::Policy;
 use gpushare::core::workload::Kind;
-use gpushare::webhook::admission::{Response, ReviewResponse, API_VERSION, KIND};
+use gpushare::webhook::admission::{API_VERSION, KIND};
 use gpushare::webhook::metrics::Metrics;
 use gpushare::webhook::service::{AdmissionService, StandaloneBackend};
+use serde::Deserialize;
 use serde_json::Value;
 
 /// GPU 1 in mps, and every optional mutation switched on.
@@ -63,10 +64,44 @@ pub fn services() -> &'static [Service] {
 
 // ---- what every answer must look like -------------------------------------------------------
 
+/// The answer as the API server reads it, spelled out here rather than borrowed from gpushare, so
+/// that a field gpushare names wrongly (or one it should not send) fails the properties.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Answer {
+    api_version: String,
+    kind: String,
+    response: Response,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Response {
+    pub uid: String,
+    pub allowed: bool,
+    #[serde(default)]
+    pub status: Option<Status>,
+    #[serde(default)]
+    pub patch: Option<String>,
+    #[serde(default)]
+    pub patch_type: Option<String>,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// The `metav1.Status` of a denial.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Status {
+    pub code: u16,
+    pub message: String,
+    pub status: String,
+}
+
 /// Checks a serialized answer: an AdmissionReview whose denials carry a 4xx status and a
 /// message, and whose patch is base64 JSON Patch. Returns the response and the decoded patch.
-pub fn well_formed(answer: &[u8]) -> Result<(Response<'static>, Option<Value>), String> {
-    let review: ReviewResponse<'static> = serde_json::from_slice(answer)
+pub fn well_formed(answer: &[u8]) -> Result<(Response, Option<Value>), String> {
+    let review: Answer = serde_json::from_slice(answer)
         .map_err(|e| format!("the answer is not an AdmissionReview: {e}"))?;
     if review.api_version != API_VERSION || review.kind != KIND {
         return Err(format!(
@@ -75,9 +110,15 @@ pub fn well_formed(answer: &[u8]) -> Result<(Response<'static>, Option<Value>), 
         ));
     }
     let response = review.response;
+    if response.warnings.iter().any(|w| w.trim().is_empty()) {
+        return Err(format!("an empty warning: {:?}", response.warnings));
+    }
     if !response.allowed {
         let status = response.status.as_ref().ok_or("a denial without status")?;
-        if !(400..=499).contains(&status.code) || status.message.trim().is_empty() {
+        if !(400..=499).contains(&status.code)
+            || status.message.trim().is_empty()
+            || status.status != "Failure"
+        {
             return Err(format!(
                 "a denial needs a 4xx code and a message: {status:?}"
             ));
@@ -115,7 +156,7 @@ pub fn apply(object: &Value, patch: &Value) -> Result<Value, String> {
 }
 
 /// Sends a review through one service: the well-formed answer, or why it is not.
-pub fn answer(s: &Service, review: &Value) -> Result<(Response<'static>, Option<Value>), String> {
+pub fn answer(s: &Service, review: &Value) -> Result<(Response, Option<Value>), String> {
     let body = serde_json::to_vec(review).expect("a Value serializes");
     let answer = futures::executor::block_on(s.service.review(&body))
         .map_err(|e| format!("a well-formed review was rejected: {e}"))?;
