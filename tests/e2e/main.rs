@@ -14,6 +14,7 @@ mod outage;
 mod packaging;
 mod plugin;
 mod pods;
+mod replicas;
 mod shares;
 mod support;
 mod updates;
