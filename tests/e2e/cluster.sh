@@ -256,9 +256,18 @@ start_etcd() {
   wait_up etcd "/health" 60 curl -sf "http://127.0.0.1:$ETCD_PORT/health"
 }
 
+# The flags of kube-apiserver that depend on its release.
+apiserver_release_flags() {
+  # From 1.37 the endpoint reconciler refuses a loopback advertise address; the `kubernetes`
+  # Service keeps its ClusterIP (pods reach it through node.sh's DNAT), without Endpoints.
+  if (( RELEASE_MINOR >= 37 )); then echo --endpoint-reconciler-type=none; fi
+  return 0
+}
+
 start_apiserver() {
   alive kube-apiserver && return
-  start kube-apiserver "$BIN/kube-apiserver" \
+  # shellcheck disable=SC2046
+  start kube-apiserver "$BIN/kube-apiserver" $(apiserver_release_flags) \
     --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
     --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$APISERVER_PORT" \
     --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
