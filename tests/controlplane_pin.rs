@@ -79,7 +79,10 @@ fn every_release_module_pins_its_own_release() {
         );
         let staging = format!("v0.{release}");
         let replaces: Vec<&str> = go_mod.lines().filter(|l| l.contains(" => ")).collect();
-        assert!(replaces.len() > 20, "releases/{name}: the staging modules need replace lines");
+        assert!(
+            replaces.len() > 20,
+            "releases/{name}: the staging modules need replace lines"
+        );
         for line in replaces {
             assert!(
                 line.trim_end().ends_with(&staging),
