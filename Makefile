@@ -3,7 +3,7 @@ CARGO ?= cargo
 BIN := target/debug/gpushare
 KUBECTL ?= kubectl
 
-.PHONY: build run test lint fmt certs check-examples deploy inject-ca undeploy bench bench-wrk bench-cluster clean cluster cluster-down e2e controlplane install
+.PHONY: build run test lint fmt certs check-examples deploy inject-ca undeploy bench bench-wrk bench-cluster clean cluster cluster-down e2e e2e-releases controlplane install
 
 # `make install`: gpushare and the kubectl plugin kubectl-gpushare (a link to it) into BINDIR.
 # PROFILE=dev installs the debug build (fast, for trying it out).
@@ -124,7 +124,11 @@ image:
 # build cache); edge-node-1 a real node on containerd (needs root); gpushare deployed from manifests/
 # with `gpushare serve` running locally in cluster mode, or with IN_CLUSTER=1 as the Deployment of
 # manifests/ from its image (make image). Idempotent.
+# KUBE_VERSION=x.y.z: another release, one of tests/tools/controlplane/releases/ (pin-release.sh
+# adds one), built once into target/controlplane/<x.y.z>/bin; unset, the pinned default.
 IN_CLUSTER ?= 0
+KUBE_VERSION ?=
+export KUBE_VERSION
 cluster: build $(if $(filter 1,$(IN_CLUSTER)),image)
 	@GPUSHARE=$(CURDIR)/$(BIN) IN_CLUSTER=$(IN_CLUSTER) GPUSHARE_IMAGE=$(IMAGE) \
 	  GPUSHARE_IMAGE_ARCHIVE=$(CURDIR)/$(IMAGE_ARCHIVE) bash tests/e2e/cluster.sh up
@@ -139,6 +143,20 @@ controlplane:
 # kube-apiserver. Tests run one at a time: some change the cluster-wide policy or stop components.
 e2e: cluster helm
 	$(CARGO) test --locked --features e2e --test e2e -- --test-threads=1
+
+# `make e2e` on every release of the README's table (the pinned default and each module under
+# tests/tools/controlplane/releases/), each on a fresh cluster; a summary at the end.
+KUBE_RELEASES ?= $(shell ls tests/tools/controlplane/releases 2>/dev/null | sort -t. -k2,2n -k3,3n) default
+e2e-releases:
+	@failed=; for v in $(KUBE_RELEASES); do \
+	  release=$$v; [ $$v != default ] || release=; \
+	  $(MAKE) --no-print-directory cluster-down; \
+	  echo "==== make e2e KUBE_VERSION=$$release"; \
+	  $(MAKE) --no-print-directory e2e KUBE_VERSION=$$release || failed="$$failed $$v"; \
+	done; \
+	$(MAKE) --no-print-directory cluster-down; \
+	if [ -n "$$failed" ]; then echo "make e2e failed on:$$failed"; exit 1; fi; \
+	echo "make e2e passed on: $(KUBE_RELEASES)"
 
 clean:
 	$(CARGO) clean

@@ -51,3 +51,43 @@ fn every_staging_module_is_pinned_to_the_same_release() {
         );
     }
 }
+
+/// The other releases of `make cluster KUBE_VERSION=x.y.z` (pin-release.sh): each module under
+/// `releases/<x.y.z>/` requires that k8s.io/kubernetes and pins every staging module to `v0.y.z`.
+#[test]
+fn every_release_module_pins_its_own_release() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/controlplane/releases");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for entry in entries {
+        let entry = entry.expect("a directory entry");
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let release = name
+            .strip_prefix("1.")
+            .unwrap_or_else(|| panic!("releases/{name}: not a release 1.y.z"));
+        let go_mod = read(&format!("tests/tools/controlplane/releases/{name}/go.mod"));
+        read(&format!("tests/tools/controlplane/releases/{name}/go.sum"));
+        assert!(
+            go_mod
+                .lines()
+                .any(|l| l.trim() == format!("k8s.io/kubernetes v{name}")),
+            "releases/{name}/go.mod does not require k8s.io/kubernetes v{name}"
+        );
+        let staging = format!("v0.{release}");
+        let replaces: Vec<&str> = go_mod.lines().filter(|l| l.contains(" => ")).collect();
+        assert!(
+            replaces.len() > 20,
+            "releases/{name}: the staging modules need replace lines"
+        );
+        for line in replaces {
+            assert!(
+                line.trim_end().ends_with(&staging),
+                "releases/{name}: not at {staging}: {line}"
+            );
+        }
+    }
+}

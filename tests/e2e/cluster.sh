@@ -22,12 +22,9 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 MODULE=$ROOT/tests/tools/controlplane
-BIN=$ROOT/target/controlplane/bin
 DIR=$ROOT/target/cluster
 PKI=$DIR/pki
 GPUSHARE=${GPUSHARE:-$ROOT/target/debug/gpushare}
-# kubectl of the pinned release (the machine's own may be outside the supported +/-1 skew).
-KUBECTL=${KUBECTL:-$BIN/kubectl}
 NODES=$ROOT/tests/e2e/nodes.yaml
 # What `build` makes: the control plane, the real node's kubelet, and kubectl.
 TOOLS=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
@@ -35,33 +32,92 @@ TOOLS=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kubect
 log() { echo "cluster: $*" >&2; }
 die() { log "$*"; exit 1; }
 
-# The one pinned release: the k8s.io/kubernetes requirement of the control-plane module.
-k8s_version() { awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v1\./ { print $2; exit }' "$MODULE/go.mod"; }
+# The k8s.io/kubernetes requirement of a control-plane module file, e.g. v1.36.3.
+modfile_version() { awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v1\./ { print $2; exit }' "$1"; }
+# The pinned default release (./go.mod); KUBE_VERSION picks one of releases/<x.y.z>/go.mod instead
+# (tests/tools/controlplane/pin-release.sh makes them).
+DEFAULT_RELEASE=$(modfile_version "$MODULE/go.mod")
+DEFAULT_RELEASE=${DEFAULT_RELEASE#v}
 
+known_releases() {
+  local mod releases=("$DEFAULT_RELEASE")
+  for mod in "$MODULE"/releases/*/go.mod; do
+    [[ -f $mod ]] && releases+=("$(basename "$(dirname "$mod")")")
+  done
+  printf '%s\n' "${releases[@]}" | sort -t. -k1,1n -k2,2n -k3,3n | tr '\n' ' '
+}
+
+# The release of this run: KUBE_VERSION (x.y.z or vx.y.z); unset, the one target/cluster runs
+# (recorded in target/cluster/release), else the pinned default. Sets RELEASE, RELEASE_MINOR,
+# MODFILE and BIN: the default builds from ./go.mod into target/controlplane/bin as always; another
+# release from releases/<x.y.z>/go.mod into target/controlplane/<x.y.z>/bin.
+select_release() {
+  local want=${KUBE_VERSION:-}
+  want=${want#v}
+  if [[ -z $want && -f $DIR/release ]]; then want=$(cat "$DIR/release"); fi
+  if [[ -z $want || $want == "$DEFAULT_RELEASE" ]]; then
+    RELEASE=$DEFAULT_RELEASE
+    MODFILE=$MODULE/go.mod
+    BIN=$ROOT/target/controlplane/bin
+  elif [[ $want =~ ^1\.[0-9]+\.[0-9]+$ && -f $MODULE/releases/$want/go.mod ]]; then
+    RELEASE=$want
+    MODFILE=$MODULE/releases/$want/go.mod
+    BIN=$ROOT/target/controlplane/$want/bin
+  else
+    die "KUBE_VERSION=$want is not a release this repository builds. Releases known to work: $(known_releases)(the README's table says how each passes make e2e). Another release served by the Go module proxy: tests/tools/controlplane/pin-release.sh X.Y.Z"
+  fi
+  RELEASE_MINOR=${RELEASE#1.}
+  RELEASE_MINOR=${RELEASE_MINOR%%.*}
+  # kubectl of the same release (the machine's own may be outside the supported +/-1 skew).
+  KUBECTL=${KUBECTL:-$BIN/kubectl}
+}
+
+k8s_version() { echo "v$RELEASE"; }
+
+# One `go build` of every tool, into a temporary directory next to BIN; the binaries are moved into
+# BIN, and only then is the stamp written: an interrupted or failed build never looks finished.
+# A release module may name a `toolchain` (built with GOTOOLCHAIN set to it, fetched through the
+# module proxy) and extra linker flags on a line `// ldflags: ...`.
 build() {
   command -v go >/dev/null || die "go is required to build the control plane (see docs/development.md, Prerequisites)"
-  local version stamp
+  local version stamp sum=${MODFILE%.mod}.sum
   version=$(k8s_version)
-  stamp="$BIN/.built-$version-$(cat "$MODULE/go.mod" "$MODULE/go.sum" "$MODULE/etcd/main.go" | sha256sum | cut -c1-16)"
+  stamp="$BIN/.built-$version-$(cat "$MODFILE" "$sum" "$MODULE/etcd/main.go" | sha256sum | cut -c1-16)"
   local tool missing=0
   for tool in "${TOOLS[@]}"; do [[ -x $BIN/$tool ]] || missing=1; done
   if [[ -f $stamp && $missing == 0 ]]; then
     return
   fi
-  log "building ${TOOLS[*]} $version (first time: 15-35 minutes on 2 cores)"
-  local minor=${version#v1.}; minor=${minor%%.*}
+  log "building ${TOOLS[*]} $version (first time: 7-35 minutes on 2 cores)"
+  local minor=$RELEASE_MINOR
   local ldflags="-s -w"
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ldflags+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
     ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
   done
+  local extra toolchain flags=()
+  extra=$(sed -n 's|^// ldflags: ||p' "$MODFILE")
+  [[ -z $extra ]] || ldflags+=" $extra"
+  toolchain=$(awk '$1 == "toolchain" { print $2; exit }' "$MODFILE")
+  [[ $MODFILE == "$MODULE/go.mod" ]] || flags+=(-modfile "$MODFILE")
   mkdir -p "$BIN"
   rm -f "$BIN"/.built-*
+  local tmp
+  tmp=$(mktemp -d "$BIN.tmp.XXXXXX")
+  # shellcheck disable=SC2064
+  trap "rm -rf '$tmp'" EXIT
   local pkgs=(./etcd)
   for tool in "${TOOLS[@]}"; do [[ $tool == etcd ]] || pkgs+=("k8s.io/kubernetes/cmd/$tool"); done
+  local started=$SECONDS
   # nice: the build takes both cores for many minutes on a machine shared with others.
-  (cd "$MODULE" && nice go build -trimpath -ldflags "$ldflags" -o "$BIN/" "${pkgs[@]}")
+  (cd "$MODULE" && GOTOOLCHAIN=${toolchain:-${GOTOOLCHAIN:-local}} \
+    nice go build "${flags[@]}" -trimpath -ldflags "$ldflags" -o "$tmp/" "${pkgs[@]}") \
+    || die "building Kubernetes $version failed (nothing was installed into $BIN)"
+  for tool in "${TOOLS[@]}"; do mv -f "$tmp/$tool" "$BIN/$tool"; done
+  rm -rf "$tmp"
+  trap - EXIT
   touch "$stamp"
+  log "built Kubernetes $version in $(( (SECONDS - started + 30) / 60 )) min: $BIN"
 }
 
 # kwok, for the simulated device edge-node-2 (KWOK=1): its own module, as Helm's.
@@ -200,9 +256,18 @@ start_etcd() {
   wait_up etcd "/health" 60 curl -sf "http://127.0.0.1:$ETCD_PORT/health"
 }
 
+# The flags of kube-apiserver that depend on its release.
+apiserver_release_flags() {
+  # From 1.37 the endpoint reconciler refuses a loopback advertise address; the `kubernetes`
+  # Service keeps its ClusterIP (pods reach it through node.sh's DNAT), without Endpoints.
+  if (( RELEASE_MINOR >= 37 )); then echo --endpoint-reconciler-type=none; fi
+  return 0
+}
+
 start_apiserver() {
   alive kube-apiserver && return
-  start kube-apiserver "$BIN/kube-apiserver" \
+  # shellcheck disable=SC2046
+  start kube-apiserver "$BIN/kube-apiserver" $(apiserver_release_flags) \
     --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
     --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$APISERVER_PORT" \
     --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
@@ -251,9 +316,43 @@ create_nodes() {
   k apply -f "$NODES" >/dev/null
 }
 
-# Every webhook of the configuration manifests/ render, by name, one a line.
+# The kustomize components of manifests/ this release needs (docs/operator-guide.md, "Kubernetes
+# versions"): before 1.28 webhook matchConditions are off (alpha), before 1.30 the preStop `sleep`
+# action is unknown (the Deployment would be refused even with no replica).
+release_components() {
+  if (( RELEASE_MINOR < 28 )); then echo no-match-conditions; fi
+  if (( RELEASE_MINOR < 30 )); then echo no-prestop-sleep; fi
+  return 0
+}
+
+# What the overlay builds on: manifests/ itself, or, when the release needs components, a
+# kustomization of manifests/ with them (target/cluster/overlay/base).
+overlay_base() {
+  local components
+  components=$(release_components)
+  if [[ -z $components ]]; then
+    BASE=$ROOT/manifests
+    BASE_REF=../../../manifests
+    return
+  fi
+  BASE=$DIR/overlay/base
+  BASE_REF=./base
+  mkdir -p "$BASE"
+  {
+    echo "# Generated by tests/e2e/cluster.sh: manifests/ with the components Kubernetes $RELEASE needs."
+    echo "apiVersion: kustomize.config.k8s.io/v1beta1"
+    echo "kind: Kustomization"
+    echo "resources:"
+    echo "  - ../../../../manifests"
+    echo "components:"
+    local c
+    for c in $components; do echo "  - ../../../../manifests/components/$c"; done
+  } > "$BASE/kustomization.yaml"
+}
+
+# Every webhook of the configuration the overlay's base renders, by name, one a line.
 webhook_names() {
-  $KUBECTL kustomize "$ROOT/manifests" \
+  $KUBECTL kustomize "$BASE" \
     | k create --dry-run=client -f - -o jsonpath='{.kind}/{.metadata.name}:{.webhooks[*].name}{"\n"}' \
     | sed -n 's|^MutatingWebhookConfiguration/gpushare:||p' | tr ' ' '\n' | sed '/^$/d'
 }
@@ -274,17 +373,18 @@ deploy() {
   webhook_certs
   local bundle names count i
   bundle=$(tr -d '\n' < "$DIR/webhook-certs/ca-bundle")
+  rm -rf "$DIR/overlay"
+  overlay_base
   names=$(webhook_names)
   count=$(echo "$names" | grep -c .) || true
   (( count > 0 )) || die "manifests/ render no MutatingWebhookConfiguration"
-  rm -rf "$DIR/overlay"
   mkdir -p "$DIR/overlay"
   {
     echo "# Generated by tests/e2e/cluster.sh ($MODE mode): manifests/ and what this cluster forces."
     echo "apiVersion: kustomize.config.k8s.io/v1beta1"
     echo "kind: Kustomization"
     echo "resources:"
-    echo "  - ../../../manifests"
+    echo "  - $BASE_REF"
     if [[ $MODE == in-cluster ]]; then
       cp "$DIR/webhook-certs/tls.crt" "$DIR/webhook-certs/tls.key" "$DIR/overlay/"
       echo "images:"
@@ -452,9 +552,16 @@ shipped_image() {
 }
 
 up() {
+  if [[ -d $DIR ]]; then
+    local running
+    running=$(cat "$DIR/release" 2>/dev/null || echo "$DEFAULT_RELEASE")
+    [[ $running == "$RELEASE" ]] \
+      || die "target/cluster runs Kubernetes $running, not $RELEASE: make cluster-down first"
+  fi
   build
   if [[ $KWOK == 1 ]]; then build_kwok; fi
   mkdir -p "$DIR"
+  echo "$RELEASE" > "$DIR/release"
   load
   local want=local
   [[ ${IN_CLUSTER:-0} == 1 ]] && want=in-cluster
@@ -520,6 +627,9 @@ down() {
 IN_CLUSTER_REPLICAS=${IN_CLUSTER_REPLICAS:-2}
 # The simulated second device (kwok): on unless KWOK=0.
 KWOK=${KWOK:-1}
+
+# cluster-down works whatever the release (and even with a KUBE_VERSION this tree no longer has).
+[[ ${1:-} == down ]] || select_release
 
 case ${1:-} in
   build) build; if [[ $KWOK == 1 ]]; then build_kwok; fi ;;

@@ -53,6 +53,34 @@ pub fn kubeconfig() -> &'static str {
     env_var("KUBECONFIG")
 }
 
+/// The cluster's release, `1.y.z` (`make cluster KUBE_VERSION=...`, else the pinned one).
+pub fn kubernetes_release() -> &'static str {
+    let version = env_var("KUBERNETES_VERSION");
+    version.strip_prefix('v').unwrap_or(version)
+}
+
+/// The minor of the cluster's release: 36 for 1.36.3.
+pub fn kubernetes_minor() -> u32 {
+    kubernetes_release()
+        .split('.')
+        .nth(1)
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("KUBERNETES_VERSION is not 1.y.z: {}", kubernetes_release()))
+}
+
+/// The kustomize components of `manifests/components/` a cluster of this release needs, as
+/// `make cluster` deploys with them (docs/operator-guide.md, "Kubernetes versions").
+pub fn release_components() -> Vec<&'static str> {
+    let mut components = Vec::new();
+    if kubernetes_minor() < 28 {
+        components.push("no-match-conditions");
+    }
+    if kubernetes_minor() < 30 {
+        components.push("no-prestop-sleep");
+    }
+    components
+}
+
 /// What a finished command printed, and how it exited.
 #[derive(Debug)]
 pub struct Run {
