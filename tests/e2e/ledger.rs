@@ -155,7 +155,7 @@ async fn admit(client: &reqwest::Client, base: &str, review: &Value) -> Option<(
 }
 
 /// The policy that makes GPU 0 of the test's node an mps GPU with the default 100% cap.
-fn mps_policy(node: &str) -> String {
+pub fn mps_policy(node: &str) -> String {
     format!("nodes:\n  {node}: {{ gpuModes: {{ \"0\": mps }} }}")
 }
 

@@ -15,11 +15,6 @@ use serde_json::Value;
 use crate::support::*;
 use crate::{ASSIGNED_GPU, GPU, PCT};
 
-/// The policy that makes GPU 0 of the test's node an mps GPU with the default 100% cap.
-fn mps_policy(node: &str) -> String {
-    format!("nodes:\n  {node}: {{ gpuModes: {{ \"0\": mps }} }}")
-}
-
 fn mps_module(name: &str, ns: &Namespace, node: &TestNode, percentage: u32) -> String {
     deployment(
         name,
@@ -28,23 +23,6 @@ fn mps_module(name: &str, ns: &Namespace, node: &TestNode, percentage: u32) -> S
         1,
         &[(GPU, "0"), (PCT, &percentage.to_string())],
     )
-}
-
-/// The names of gpushare's replica pods.
-fn replica_pods() -> Vec<String> {
-    let pods = get_json(&[
-        "-n",
-        "gpushare-system",
-        "pods",
-        "-l",
-        "app.kubernetes.io/name=gpushare",
-    ]);
-    pods["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
-        .collect()
 }
 
 fn wait_for_two_ready_replicas() {
@@ -113,10 +91,13 @@ fn a_replica_killed_during_a_burst_of_admissions_loses_no_commitment_and_leaks_n
     let _restore = crate::PolicyRestore;
     let node = TestNode::new("e2e-replica-kill", 1);
     let ns = Namespace::new("e2e-replica-kill");
-    crate::set_policy(&mps_policy(&node.name)).ok();
+    crate::set_policy(&crate::ledger::mps_policy(&node.name)).ok();
     crate::wait_for_node(&node, &ns);
     wait_for_two_ready_replicas();
-    let victim = replica_pods().into_iter().next().expect("a replica pod");
+    let victim = gpushare_pods()
+        .first()
+        .and_then(|p| p["metadata"]["name"].as_str().map(str::to_string))
+        .expect("a replica pod");
 
     // 12 modules of 10% (the GPU takes 10), created 4 at a time; the kill lands among them.
     let outcomes: Vec<(String, i32, String)> = thread::scope(|scope| {
@@ -190,7 +171,7 @@ fn a_rolling_update_of_gpushare_during_admissions_refuses_nothing_that_fits() {
     let _restore = crate::PolicyRestore;
     let node = TestNode::new("e2e-rollout", 1);
     let ns = Namespace::new("e2e-rollout");
-    crate::set_policy(&mps_policy(&node.name)).ok();
+    crate::set_policy(&crate::ledger::mps_policy(&node.name)).ok();
     crate::wait_for_node(&node, &ns);
     wait_for_two_ready_replicas();
     let before = serve_identity();

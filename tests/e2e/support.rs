@@ -448,17 +448,8 @@ pub fn webhook_endpoints() -> Vec<Endpoint> {
             ip: None,
         }];
     }
-    let pods = get_json(&[
-        "-n",
-        "gpushare-system",
-        "pods",
-        "-l",
-        "app.kubernetes.io/name=gpushare",
-    ]);
-    pods["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    gpushare_pods()
+        .iter()
         .filter(|p| p["status"]["containerStatuses"][0]["ready"] == true)
         .filter_map(|p| p["status"]["podIP"].as_str()?.parse().ok())
         .map(|ip| Endpoint {
@@ -525,4 +516,16 @@ pub fn serve_log_tail() -> String {
     let log = std::fs::read_to_string(cluster_dir().join("gpushare.log")).unwrap_or_default();
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// gpushare's replica pods in-cluster, as kubectl lists them.
+pub fn gpushare_pods() -> Vec<Value> {
+    let pods = get_json(&[
+        "-n",
+        "gpushare-system",
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=gpushare",
+    ]);
+    pods["items"].as_array().cloned().unwrap_or_default()
 }
