@@ -1,4 +1,4 @@
-//! `kubectl gpushare` through the real kubectl 1.36, with the plugin found on the PATH as kubectl
+//! `kubectl gpushare` through the real kubectl of the cluster's release, with the plugin found on the PATH as kubectl
 //! finds plugins: `apply -f` as a user bound to a namespace-scoped Role only (no nodes, no policy
 //! ConfigMap, no other namespace), and `status` and `check` as the admin. The cluster's webhook also
 //! mutates what the plugin applies; its patch is idempotent, so the stored object is the plugin's.
