@@ -5,9 +5,9 @@
 use std::sync::{Arc, OnceLock};
 
 use gpushare::core::inventory::Inventory;
-use gpushare::webhook::metrics::Metrics;
 use gpushare::core::policy::Policy;
-use gpushare::webhook::service::{AdmissionService, StaticBackend};
+use gpushare::webhook::metrics::Metrics;
+use gpushare::webhook::service::{AdmissionService, StandaloneBackend};
 
 /// GPU 1 in mps, and every optional mutation switched on.
 pub const MPS_POLICY: &str = r#"
@@ -38,17 +38,18 @@ pub fn policies() -> &'static [Policy] {
     })
 }
 
-/// The standalone webhook on a 2-GPU node, once per policy.
+/// The standalone webhook on a 2-GPU node, once per policy. Built once and shared by every input:
+/// a standalone backend keeps no state between requests.
 pub fn services() -> &'static [AdmissionService] {
     static SERVICES: OnceLock<Vec<AdmissionService>> = OnceLock::new();
     SERVICES.get_or_init(|| {
         policies()
             .iter()
             .map(|policy| AdmissionService {
-                backend: Arc::new(StaticBackend {
-                    policy: policy.clone(),
-                    inventory: Inventory::standalone(Some(2)),
-                }),
+                backend: Arc::new(StandaloneBackend::new(
+                    policy.clone(),
+                    Inventory::standalone(Some(2)),
+                )),
                 metrics: Arc::new(Metrics::new()),
             })
             .collect()

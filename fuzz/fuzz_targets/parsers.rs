@@ -2,7 +2,7 @@
 //! bits) and its options (the rest); the remaining bytes are the text:
 //!
 //! - 0: a policy, `Policy::from_yaml`;
-//! - 1: annotations, `UserAnnotations::collect` + `parse`: one `key=value` per line, metadata
+//! - 1: annotations, `UserAnnotations::merge` + `parse`: one `key=value` per line, metadata
 //!   first, then a line `---` and the pod template's; option bits drop either map and pick the
 //!   policy's `defaultGpu`;
 //! - 2: manifests, `check::parse_documents`;
@@ -17,8 +17,8 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use gpushare::core::annotations::UserAnnotations;
 use gpushare::cli::check::{self, Document};
+use gpushare::core::annotations::UserAnnotations;
 use gpushare::core::domain::GpuIndex;
 use gpushare::core::inventory::Inventory;
 use gpushare::core::policy::{GpuChoice, Policy};
@@ -68,10 +68,9 @@ fn annotations(text: &str, options: u8) {
         2 => GpuChoice::Index(GpuIndex(1)),
         _ => GpuChoice::Index(GpuIndex(u32::MAX)),
     };
-    let Ok(user) = UserAnnotations::merge([
-        ("metadata", metadata),
-        ("spec.template.metadata", template),
-    ]) else {
+    let Ok(user) =
+        UserAnnotations::merge([("metadata", metadata), ("spec.template.metadata", template)])
+    else {
         return;
     };
     match user.parse(default_gpu) {
