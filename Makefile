@@ -29,6 +29,9 @@ test:
 	$(CARGO) test --locked --lib --bins --tests
 	$(MAKE) --no-print-directory check-examples
 
+# The fuzz targets' checks (fuzz/fuzz_targets/*_check.rs) are linted as part of tests/fuzz_seeds.rs,
+# which also keeps them compiling in `make test`; the fuzz crate itself (a workspace of its own,
+# whose dependencies get other features) is not built here: on a cold machine that took 5 minutes.
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets --features e2e -- -D warnings

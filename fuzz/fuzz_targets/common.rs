@@ -1,13 +1,12 @@
-//! What both fuzz targets share: the policies the webhook is fuzzed under.
-// Each target uses part of this module.
-#![allow(dead_code)]
+//! What both fuzz targets' checks share: the policies the webhook is fuzzed under. Compiled into
+//! each fuzz target and into `tests/fuzz_seeds.rs`.
 
 use std::sync::{Arc, OnceLock};
 
 use gpushare::core::inventory::Inventory;
-use gpushare::webhook::metrics::Metrics;
 use gpushare::core::policy::Policy;
-use gpushare::webhook::service::{AdmissionService, StaticBackend};
+use gpushare::webhook::metrics::Metrics;
+use gpushare::webhook::service::{AdmissionService, StandaloneBackend};
 
 /// GPU 1 in mps, and every optional mutation switched on.
 pub const MPS_POLICY: &str = r#"
@@ -38,17 +37,20 @@ pub fn policies() -> &'static [Policy] {
     })
 }
 
-/// The standalone webhook on a 2-GPU node, once per policy.
+/// The standalone webhook on a 2-GPU node, once per policy. Built once and shared by every input:
+/// a standalone backend keeps no state between requests.
+// The `parsers` fuzz target, which has this module but not `review_check`, never reviews.
+#[allow(dead_code)]
 pub fn services() -> &'static [AdmissionService] {
     static SERVICES: OnceLock<Vec<AdmissionService>> = OnceLock::new();
     SERVICES.get_or_init(|| {
         policies()
             .iter()
             .map(|policy| AdmissionService {
-                backend: Arc::new(StaticBackend {
-                    policy: policy.clone(),
-                    inventory: Inventory::standalone(Some(2)),
-                }),
+                backend: Arc::new(StandaloneBackend::new(
+                    policy.clone(),
+                    Inventory::standalone(Some(2)),
+                )),
                 metrics: Arc::new(Metrics::new()),
             })
             .collect()
