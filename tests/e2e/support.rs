@@ -468,17 +468,8 @@ pub fn serve_identity() -> String {
             .trim()
             .to_string();
     }
-    let pods = get_json(&[
-        "-n",
-        "gpushare-system",
-        "pods",
-        "-l",
-        "app.kubernetes.io/name=gpushare",
-    ]);
-    let mut replicas: Vec<String> = pods["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let mut replicas: Vec<String> = gpushare_pods()
+        .iter()
         .map(|p| {
             format!(
                 "{}:{}",
