@@ -106,7 +106,9 @@ pub struct Held {
     /// Stored without gpushare's assignment and counted from the variables its containers write
     /// by hand: not counted while policy `handWrittenGpuEnv` is `allow`.
     pub by_hand: bool,
-    pub controlled: Option<Controlled>,
+    /// Boxed: most stored objects that hold anything have no controller, and the cache keeps one
+    /// `Held` per such object.
+    pub controlled: Option<Box<Controlled>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -174,10 +176,12 @@ pub fn stored(kind: Kind, object: StoredWorkload) -> StoredObject {
         && Assigned::read(workload.pod_annotations()).is_none()
         && Assigned::read(workload.annotations()).is_none()
         && handwritten::any(&workload);
-    let controlled = workload.builtin_controller().map(|controller| Controlled {
-        controller: controller.clone(),
-        fingerprint: workload.gpu_fingerprint(),
-        exempt: Claim::of_stored(&workload, true),
+    let controlled = workload.builtin_controller().map(|controller| {
+        Box::new(Controlled {
+            controller: controller.clone(),
+            fingerprint: workload.gpu_fingerprint(),
+            exempt: Claim::of_stored(&workload, true),
+        })
     });
     let holds_nothing = own.is_none() && controlled.as_ref().is_none_or(|c| c.exempt.is_none());
     // A terminating pod is on its way out (its grace period is the admin's to set).
@@ -236,10 +240,7 @@ mod tests {
         let job = stored(Kind::Job, object).held.unwrap().own.unwrap();
         assert_eq!(job.key.to_string(), "ns/Job/m");
         assert_eq!((job.clients(), job.committed_percentage()), (6, 60));
-        assert_eq!(
-            job.placement.node_selector.get("edge").map(String::as_str),
-            Some("1")
-        );
+        assert_eq!(job.placement.node_selector.get("edge"), Some("1"));
         let owned: StoredWorkload = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "p", "annotations": {"gpushare.io/assigned-gpu": "0",
                 "gpushare.io/assigned-mode": "time-slicing"},

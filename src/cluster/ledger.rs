@@ -12,7 +12,7 @@
 //! in flight, never one entry per workload: its size and the cost of a commit do not grow with
 //! the number of managed workloads, as Kubernetes' ResourceQuota keeps totals, not objects.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -23,7 +23,7 @@ use crate::core::claim::{Assigned, Claim, ClaimChange, Share};
 use crate::core::domain::{GpuIndex, Mode, Percentage};
 use crate::core::inventory::Placement;
 use crate::core::pods::{PodCount, Surge};
-use crate::core::workload::{Kind, WorkloadKey};
+use crate::core::workload::{Kind, NodeSelector, WorkloadKey};
 
 /// How long an entry is trusted before the stored workloads must show it: the time between an
 /// admission's answer and the watch event of the stored object, with room for a busy API server.
@@ -81,8 +81,8 @@ struct Wire {
     containers: u32,
     #[serde(default, skip_serializing_if = "is_zero")]
     extra_percentage: u32,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    node_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "NodeSelector::is_empty")]
+    node_selector: NodeSelector,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     node_name: String,
     written_ms: u64,
@@ -263,7 +263,7 @@ mod tests {
         Claim {
             key: WorkloadKey::new(Kind::Deployment, "ns", name),
             placement: Placement {
-                node_selector: [("kubernetes.io/hostname".to_string(), "edge".to_string())].into(),
+                node_selector: [("kubernetes.io/hostname", "edge")].into_iter().collect(),
                 node_name: String::new(),
             },
             assigned: Assigned {

@@ -401,13 +401,6 @@ mod tests {
             (claim.gpu(), claim.clients(), claim.committed_percentage()),
             (GpuIndex(1), 6, 60)
         );
-        assert_eq!(
-            claim
-                .placement
-                .node_selector
-                .get("edge")
-                .map(String::as_str),
-            Some("1")
-        );
+        assert_eq!(claim.placement.node_selector.get("edge"), Some("1"));
     }
 }

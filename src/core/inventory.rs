@@ -56,7 +56,7 @@ impl Placement {
                 && self
                     .node_selector
                     .iter()
-                    .all(|(k, v)| node.labels.get(k) == Some(v))
+                    .all(|(k, v)| node.labels.get(k).map(String::as_str) == Some(v))
     }
 }
 
@@ -480,10 +480,7 @@ mod tests {
         Claim {
             key: WorkloadKey::new(Kind::Deployment, "ns", name),
             placement: Placement {
-                node_selector: selector
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
+                node_selector: selector.iter().copied().collect(),
                 node_name: node_name.into(),
             },
             assigned: Assigned {

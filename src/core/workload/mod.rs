@@ -4,12 +4,14 @@
 
 mod adapt;
 mod kind;
+mod node_selector;
 pub mod wire;
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 pub use kind::{Kind, Layout};
+pub use node_selector::NodeSelector;
 pub use wire::{Container, JsonObject, ObjectMeta, PodSpec, RawObject};
 
 use crate::core::keys::PREFIX;
@@ -70,7 +72,7 @@ impl fmt::Display for ControllerRef {
 /// Where a module's pods may run, from its pod template.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Placement {
-    pub node_selector: BTreeMap<String, String>,
+    pub node_selector: NodeSelector,
     pub node_name: String,
 }
 
@@ -132,7 +134,7 @@ impl Workload {
     /// Where the pods may run: the pod template's nodeSelector and nodeName.
     pub fn placement(&self) -> Placement {
         Placement {
-            node_selector: self.pod.node_selector.clone(),
+            node_selector: NodeSelector::from(&self.pod.node_selector),
             node_name: self.pod.node_name.clone(),
         }
     }

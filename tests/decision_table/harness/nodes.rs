@@ -85,6 +85,6 @@ pub fn committed(key: &str, gpu: u32, mps_pct: Option<u64>, pods: u32, clients: 
 }
 
 pub fn pinned(mut claim: Claim, pool: &str) -> Claim {
-    claim.placement.node_selector = BTreeMap::from([("pool".to_string(), pool.to_string())]);
+    claim.placement.node_selector = [("pool", pool)].into_iter().collect();
     claim
 }
