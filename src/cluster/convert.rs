@@ -122,16 +122,16 @@ pub struct Controlled {
 
 impl Held {
     /// What the object counts as with the owners `view` knows and `policy` in force.
-    pub fn counted(&self, view: &Inventory, policy: &Policy) -> Option<Claim> {
+    pub fn counted(&self, view: &Inventory, policy: &Policy) -> Option<&Claim> {
         if let Some(controlled) = &self.controlled {
             if view.trusts_owner(&controlled.controller, controlled.fingerprint) {
-                return controlled.exempt.clone();
+                return controlled.exempt.as_ref();
             }
         }
         if self.by_hand && policy.hand_written_gpu_env == HandWritten::Allow {
             return None;
         }
-        self.own.clone()
+        self.own.as_ref()
     }
 
     /// The uid of the built-in controller it names, if any.

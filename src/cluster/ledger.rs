@@ -213,12 +213,12 @@ pub fn patch_data(changes: &[ClaimChange], written_ms: u64) -> Map<String, Value
 /// ghost only if its ledger watch saw the entry at all).
 pub const SETTLE: Duration = Duration::from_secs(2);
 
-/// The entries the ledger no longer needs (`stored`: the claim each cached workload holds): those
+/// The entries the ledger no longer needs (`stored`: the claim a cached workload holds): those
 /// a stored workload has shown for a while, and those older than `GRACE` (never stored, deleted
 /// since, or stored otherwise: the stored object counts from then on). Nothing is ever added here.
-pub fn reconcile(
+pub fn reconcile<'a>(
     ledger: &Ledger,
-    stored: &HashMap<WorkloadKey, Claim>,
+    stored: impl Fn(&WorkloadKey) -> Option<&'a Claim>,
     now_ms: u64,
 ) -> Vec<ClaimChange> {
     let settled =
@@ -227,7 +227,7 @@ pub fn reconcile(
         .entries
         .iter()
         .filter(|(key, entry)| {
-            (stored.get(*key) == Some(&entry.claim) && settled(entry)) || is_expired(entry, now_ms)
+            (stored(key) == Some(&entry.claim) && settled(entry)) || is_expired(entry, now_ms)
         })
         .map(|(key, _)| key.clone())
         .collect();
@@ -329,13 +329,13 @@ mod tests {
     fn an_entry_the_stored_workloads_do_not_show_is_freed_after_the_grace_period() {
         let unstored = claim("unstored", 0, 1, 60);
         let ledger = ledger(&[(unstored.clone(), 10_000)]);
-        let stored = HashMap::new();
+        let stored: HashMap<WorkloadKey, Claim> = HashMap::new();
         assert!(
-            reconcile(&ledger, &stored, 10_000 + 4_999).is_empty(),
+            reconcile(&ledger, |k| stored.get(k), 10_000 + 4_999).is_empty(),
             "still in grace"
         );
         assert_eq!(
-            reconcile(&ledger, &stored, 10_000 + 5_000),
+            reconcile(&ledger, |k| stored.get(k), 10_000 + 5_000),
             vec![ClaimChange::Free(unstored.key)]
         );
     }
@@ -352,16 +352,16 @@ mod tests {
             .map(|c| (c.key.clone(), c.clone()))
             .collect();
         assert!(
-            reconcile(&ledger, &stored, 10_000).is_empty(),
+            reconcile(&ledger, |k| stored.get(k), 10_000).is_empty(),
             "shown, but the other replicas' caches get SETTLE to show it too"
         );
         assert_eq!(
-            reconcile(&ledger, &stored, 11_000),
+            reconcile(&ledger, |k| stored.get(k), 11_000),
             vec![ClaimChange::Free(shown.key.clone())],
             "the shown entry leaves; the pending one waits for its stored object; no stored claim is copied in"
         );
         assert_eq!(
-            reconcile(&ledger, &stored, 60_000).len(),
+            reconcile(&ledger, |k| stored.get(k), 60_000).len(),
             2,
             "after GRACE the stored object counts, whatever it shows"
         );
@@ -373,7 +373,7 @@ mod tests {
         let moved = claim("m", 1, 1, 20);
         let ledger = ledger(&[(moved, 9_000)]);
         let stored: HashMap<_, _> = [(claim("m", 0, 1, 20).key, claim("m", 0, 1, 20))].into();
-        assert!(reconcile(&ledger, &stored, 10_000).is_empty());
+        assert!(reconcile(&ledger, |k| stored.get(k), 10_000).is_empty());
     }
 
     #[test]

@@ -577,7 +577,7 @@ mod tests {
         let written = entry.entries[&module.key].written_ms;
         let edits = ledger::reconcile(
             &entry,
-            &[(module.key.clone(), claim)].into(),
+            |key| (*key == module.key).then_some(&claim),
             written + 2_500,
         );
         assert_eq!(edits.len(), 1);

@@ -45,8 +45,6 @@ struct Inner {
     nodes: BTreeMap<String, Node>,
     /// What each stored workload may hold, from the watch caches (only those that may hold anything).
     stored: HashMap<WorkloadKey, Held>,
-    /// What each stored workload holds now: its owner checked, the policy applied.
-    held: HashMap<WorkloadKey, Claim>,
     /// Namespaces that carry gpushare's label for the scale webhook.
     labelled: HashSet<String>,
     /// Nodes new pods may land on (not cordoned, not tainted against them).
@@ -97,20 +95,20 @@ pub struct ClusterState {
 }
 
 impl Inner {
-    /// What `key` counts as: its ledger entry, else what the stored object holds; the change, if any.
-    fn refresh_claim(&mut self, key: &WorkloadKey) -> Option<Recount> {
-        match self
-            .stored
+    /// What the stored workload `key` holds now: its owner checked, the policy applied. Computed
+    /// when asked rather than kept: a copy of every claim would cost a map entry per workload.
+    fn held(&self, key: &WorkloadKey) -> Option<&Claim> {
+        self.stored
             .get(key)
             .and_then(|held| held.counted(&self.view, &self.policy))
-        {
-            Some(claim) => self.held.insert(key.clone(), claim),
-            None => self.held.remove(key),
-        };
+    }
+
+    /// What `key` counts as: its ledger entry, else what the stored object holds; the change, if any.
+    fn refresh_claim(&mut self, key: &WorkloadKey) -> Option<Recount> {
         if self
             .ghosts
             .get(key)
-            .is_some_and(|ghost| self.held.get(key) == Some(&ghost.claim))
+            .is_some_and(|ghost| self.held(key) == Some(&ghost.claim))
         {
             // The caches caught up.
             self.ghosts.remove(key);
@@ -121,7 +119,7 @@ impl Inner {
             .get(key)
             .or_else(|| self.ghosts.get(key))
             .map(|entry| &entry.claim)
-            .or_else(|| self.held.get(key));
+            .or_else(|| self.held(key));
         if self.view.claim(key) == counted {
             // Status churn of a workload that holds the same claim changes nothing decisions read.
             return None;
@@ -215,7 +213,6 @@ impl ClusterState {
                 policy: Arc::new(policy),
                 nodes: BTreeMap::new(),
                 stored: HashMap::new(),
-                held: HashMap::new(),
                 labelled: HashSet::new(),
                 schedulable: HashSet::new(),
                 owner_uids: HashMap::new(),
@@ -522,7 +519,7 @@ impl ClusterState {
             .iter()
             .filter(|(key, entry)| {
                 !ledger.entries.contains_key(*key)
-                    && inner.held.get(*key) != Some(&entry.claim)
+                    && inner.held(key) != Some(&entry.claim)
                     && !ledger::is_expired(entry, now)
             })
             .map(|(key, entry)| (key.clone(), entry.clone()))
@@ -592,7 +589,7 @@ impl ClusterState {
     /// What the ledger must change to match the stored workloads.
     pub fn reconcile_edits(&self, now_ms: u64) -> Vec<ClaimChange> {
         let inner = self.lock();
-        ledger::reconcile(&inner.ledger, &inner.held, now_ms)
+        ledger::reconcile(&inner.ledger, |key| inner.held(key), now_ms)
     }
 
     /// Runs `read` on the policy and the view, and returns the ledger reading it saw: the
