@@ -22,3 +22,11 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// benchmark run on the allocator `serve` runs on. Figures: BENCHMARKS.md.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read once at start (`_RJEM_MALLOC_CONF` in the environment overrides
+/// them): a background thread returns freed pages to the system after a second instead of
+/// keeping them until the next allocations, so the memory a relist or a large ledger reading
+/// used transiently leaves the resident set soon after.
+#[export_name = "_rjem_malloc_conf"]
+#[used]
+static MALLOC_CONF: &[u8; 60] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
