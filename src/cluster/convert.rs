@@ -156,9 +156,11 @@ pub struct StoredObject {
 
 /// A stored object in the cache's terms.
 pub fn stored(kind: Kind, object: StoredWorkload) -> StoredObject {
-    let key = key(kind, &object);
     let raw_phase = object.raw.status.phase.clone();
     let workload = workload(kind, object);
+    // The same key as `key` gives (stored objects always have a name), shared with the claims
+    // built below instead of allocated again.
+    let key = workload.key.clone();
     // Only a template that uses a GPU can vouch for objects that do (their fingerprints must be
     // equal): owners without one are not kept, so a cluster's unmanaged workloads cost nothing.
     let uses_gpu = workload.has_gpushare_annotations() || handwritten::any(&workload);

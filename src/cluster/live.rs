@@ -117,7 +117,7 @@ pub async fn read(
         let mut cached = Vec::with_capacity(objects.items.len());
         for object in objects.items {
             let key = convert::key(kind, &object);
-            if key.namespace == namespace {
+            if *key.namespace == *namespace {
                 stored.insert(key, convert::workload(kind, object.clone()));
             }
             cached.push(convert::stored(kind, object));

@@ -187,6 +187,36 @@ impl Inventory {
         &self.nodes
     }
 
+    /// Adds the node, or replaces the one of the same name; returns whether anything changed.
+    /// Nodes added here keep name order. Rebuilds the node indexes, like `set_nodes`.
+    pub fn upsert_node(&mut self, node: Node) -> bool {
+        let mut nodes = std::mem::take(&mut self.nodes);
+        match self.nodes_by_name.get(&node.name).and_then(|at| at.first()) {
+            Some(&i) if nodes[i] == node => {
+                self.nodes = nodes;
+                return false;
+            }
+            Some(&i) => nodes[i] = node,
+            None => {
+                let at = nodes.partition_point(|n| n.name < node.name);
+                nodes.insert(at, node);
+            }
+        }
+        self.set_nodes(nodes);
+        true
+    }
+
+    /// Removes the nodes named `name`; returns whether there was one.
+    pub fn remove_node(&mut self, name: &str) -> bool {
+        if !self.nodes_by_name.contains_key(name) {
+            return false;
+        }
+        let mut nodes = std::mem::take(&mut self.nodes);
+        nodes.retain(|n| n.name != name);
+        self.set_nodes(nodes);
+        true
+    }
+
     pub fn set_nodes(&mut self, nodes: Vec<Node>) {
         self.nodes_by_name.clear();
         self.nodes_by_hostname.clear();
@@ -546,5 +576,34 @@ mod tests {
                 .collect();
             assert_eq!(via_index, scanned, "{}", c.key);
         }
+    }
+
+    #[test]
+    fn nodes_added_replaced_and_removed_one_at_a_time_keep_the_indexes_right() {
+        let policy = Policy::default();
+        let mut inventory = Inventory::new(vec![node("b", "b", "x")]);
+        assert!(inventory.upsert_node(node("c", "c", "x")));
+        assert!(inventory.upsert_node(node("a", "a", "y")));
+        assert!(
+            !inventory.upsert_node(node("a", "a", "y")),
+            "the same node changes nothing"
+        );
+        assert!(inventory.upsert_node(node("b", "host-b", "y")));
+        let names = |inventory: &Inventory| -> Vec<String> {
+            inventory.nodes().iter().map(|n| n.name.clone()).collect()
+        };
+        assert_eq!(names(&inventory), ["a", "b", "c"]);
+        let on = |inventory: &Inventory, selector: &[(&str, &str)]| -> Vec<String> {
+            inventory
+                .candidates(&claim("q", selector, "").placement, &policy)
+                .map(|n| n.name.clone())
+                .collect()
+        };
+        assert_eq!(on(&inventory, &[(HOSTNAME_LABEL, "host-b")]), ["b"]);
+        assert!(on(&inventory, &[(HOSTNAME_LABEL, "b")]).is_empty());
+        assert!(inventory.remove_node("a"));
+        assert!(!inventory.remove_node("a"));
+        assert_eq!(names(&inventory), ["b", "c"]);
+        assert_eq!(on(&inventory, &[("pool", "x")]), ["c"]);
     }
 }

@@ -95,9 +95,9 @@ fn status_row(
         .iter()
         .filter_map(|key| inventory.claim(key))
         .map(|claim| ModuleShare {
-            namespace: claim.key.namespace.clone(),
+            namespace: claim.key.namespace.to_string(),
             kind: claim.key.kind.to_string(),
-            name: claim.key.name.clone(),
+            name: claim.key.name.to_string(),
             pods: claim.pods(),
             client_processes: claim.clients(),
             mps_percentage: claim

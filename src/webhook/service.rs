@@ -139,10 +139,14 @@ impl AdmissionService {
         // The envelope names the object better than the object itself: a generateName'd object
         // has no name yet, and a namespace may be left to the request's.
         if let Some(namespace) = request.namespace.as_deref().filter(|n| !n.is_empty()) {
-            workload.key.namespace = namespace.to_string();
+            if *workload.key.namespace != *namespace {
+                workload.key.namespace = namespace.into();
+            }
         }
         if let Some(name) = request.name.as_deref().filter(|n| !n.is_empty()) {
-            workload.key.name = name.to_string();
+            if *workload.key.name != *name {
+                workload.key.name = name.into();
+            }
         }
         let old_workload = old_object.map(|old| {
             let mut old = Workload::from_raw(kind, old);

@@ -244,7 +244,7 @@ pub fn workload(namespace: &str, object: &Value) -> Result<Workload, String> {
     let raw: RawObject = serde_json::from_value(object.clone())
         .map_err(|e| format!("the object does not deserialize: {e}"))?;
     let mut workload = Workload::from_raw(kind, raw);
-    workload.key.namespace = namespace.to_string();
+    workload.key.namespace = namespace.into();
     Ok(workload)
 }
 

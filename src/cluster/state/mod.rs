@@ -42,7 +42,6 @@ impl Cache {
 
 struct Inner {
     policy: Arc<Policy>,
-    nodes: BTreeMap<String, Node>,
     /// What each stored workload may hold, from the watch caches (only those that may hold anything).
     stored: HashMap<WorkloadKey, Held>,
     /// Namespaces that carry gpushare's label for the scale webhook.
@@ -142,10 +141,6 @@ impl Inner {
             .collect()
     }
 
-    fn rebuild_nodes(&mut self) {
-        self.view.set_nodes(self.nodes.values().cloned().collect());
-    }
-
     /// Records one stored object (`None`: deleted); returns the keys whose count may change.
     fn store(&mut self, key: &WorkloadKey, object: Option<StoredObject>) -> Vec<WorkloadKey> {
         let mut touched = vec![key.clone()];
@@ -211,7 +206,6 @@ impl ClusterState {
             owners_changed: tokio::sync::Notify::new(),
             inner: Mutex::new(Inner {
                 policy: Arc::new(policy),
-                nodes: BTreeMap::new(),
                 stored: HashMap::new(),
                 labelled: HashSet::new(),
                 schedulable: HashSet::new(),
@@ -320,9 +314,9 @@ impl ClusterState {
         let with_modules = inner
             .view
             .claims()
-            .map(|claim| &claim.key.namespace)
+            .map(|claim| &*claim.key.namespace)
             .filter(|namespace| !inner.policy.is_excluded(namespace))
-            .cloned()
+            .map(str::to_string)
             .collect();
         (with_modules, inner.labelled.clone())
     }
@@ -379,27 +373,26 @@ impl ClusterState {
     /// Replaces every node (after a full list).
     pub fn replace_nodes(&self, nodes: Vec<Node>) {
         let mut inner = self.lock();
-        inner.nodes = nodes.into_iter().map(|n| (n.name.clone(), n)).collect();
-        inner.rebuild_nodes();
+        // In name order, the last of a name winning, as a watch's events would leave them.
+        let by_name: BTreeMap<String, Node> =
+            nodes.into_iter().map(|n| (n.name.clone(), n)).collect();
+        inner.view.set_nodes(by_name.into_values().collect());
         self.publish_all(&mut inner);
     }
 
     pub fn apply_node(&self, node: Node) {
         let mut inner = self.lock();
-        if inner.nodes.get(&node.name) == Some(&node) {
-            // Node status churn changes nothing gpushare reads.
-            return;
+        // Node status churn changes nothing gpushare reads.
+        if inner.view.upsert_node(node) {
+            self.publish_all(&mut inner);
         }
-        inner.nodes.insert(node.name.clone(), node);
-        inner.rebuild_nodes();
-        self.publish_all(&mut inner);
     }
 
     pub fn delete_node(&self, name: &str) {
         let mut inner = self.lock();
-        inner.nodes.remove(name);
-        inner.rebuild_nodes();
-        self.publish_all(&mut inner);
+        if inner.view.remove_node(name) {
+            self.publish_all(&mut inner);
+        }
     }
 
     /// Replaces every stored object of one kind (after a full list of that kind).

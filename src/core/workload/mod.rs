@@ -9,6 +9,7 @@ pub mod wire;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 pub use kind::{Kind, Layout};
 pub use node_selector::NodeSelector;
@@ -20,19 +21,21 @@ use crate::core::pods::PodCount;
 pub type Annotations = BTreeMap<String, String>;
 
 /// Identifies a workload: kind, namespace and name (a Job and a Deployment may share a name).
+/// The names are shared, not copied, by the clones: the cluster cache keys several maps and
+/// indexes by the same workload.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WorkloadKey {
     pub kind: Kind,
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 impl WorkloadKey {
     pub fn new(kind: Kind, namespace: &str, name: &str) -> WorkloadKey {
         WorkloadKey {
             kind,
-            namespace: namespace.to_string(),
-            name: name.to_string(),
+            namespace: namespace.into(),
+            name: name.into(),
         }
     }
 }
