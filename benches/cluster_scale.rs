@@ -6,7 +6,7 @@
 //! CPU per admission, RSS after sync and the time from the last list page to /readyz 200. Every
 //! size's cluster stays up until the end: the admission rounds visit the sizes in turn.
 //!
-//! Knobs: CLUSTER_BENCH_SIZES (default `10x100,100x1000,1000x10000`), CLUSTER_BENCH_SECONDS (per
+//! Knobs: CLUSTER_BENCH_SIZES (default `10x100,100x1000,1000x10000,5000x50000`), CLUSTER_BENCH_SECONDS (per
 //! load level, default 3), CLUSTER_BENCH_ROUNDS (admission rounds, default 3; medians are shown),
 //! CLUSTER_BENCH_CPU_SECONDS (server CPU the churn aims to spend, default 2), CLUSTER_BENCH_BIN
 //! (another `gpushare` binary, e.g. an older build, instead of this release build).
@@ -19,6 +19,8 @@ mod load;
 mod objects;
 #[path = "cluster_scale/process.rs"]
 mod process;
+#[path = "cluster_scale/targets.rs"]
+mod targets;
 
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -86,7 +88,7 @@ fn env_parse<T: std::str::FromStr>(name: &str) -> Option<T> {
 
 fn main() {
     let sizes = std::env::var("CLUSTER_BENCH_SIZES")
-        .unwrap_or_else(|_| "10x100,100x1000,1000x10000".into());
+        .unwrap_or_else(|_| "10x100,100x1000,1000x10000,5000x50000".into());
     let seconds = Duration::from_secs_f64(env_parse("CLUSTER_BENCH_SECONDS").unwrap_or(3.0));
     let cpu_budget = Duration::from_secs_f64(env_parse("CLUSTER_BENCH_CPU_SECONDS").unwrap_or(2.0));
     let rounds: usize = env_parse("CLUSTER_BENCH_ROUNDS").unwrap_or(3).max(1);
@@ -347,5 +349,6 @@ fn render(rows: &[Figures], pin: bool, rounds: usize) -> String {
     out.push_str(&format!(
         "; admission rows: median of {rounds} rounds, the sizes taking turns\n"
     ));
+    out.push_str(&targets::render(rows));
     out
 }
