@@ -44,7 +44,7 @@ pub fn node(object: &K8sNode) -> Node {
         reported_gpus: from_label.or_else(from_allocatable),
         forced_gpus: None,
         matches_any_placement: false,
-        labels,
+        labels: labels.into(),
     }
 }
 

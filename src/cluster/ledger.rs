@@ -23,7 +23,7 @@ use crate::core::claim::{Assigned, Claim, ClaimChange, Share};
 use crate::core::domain::{GpuIndex, Mode, Percentage};
 use crate::core::inventory::Placement;
 use crate::core::pods::{PodCount, Surge};
-use crate::core::workload::{Kind, NodeSelector, WorkloadKey};
+use crate::core::workload::{Kind, Labels, WorkloadKey};
 
 /// How long an entry is trusted before the stored workloads must show it: the time between an
 /// admission's answer and the watch event of the stored object, with room for a busy API server.
@@ -81,8 +81,8 @@ struct Wire {
     containers: u32,
     #[serde(default, skip_serializing_if = "is_zero")]
     extra_percentage: u32,
-    #[serde(default, skip_serializing_if = "NodeSelector::is_empty")]
-    node_selector: NodeSelector,
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    node_selector: Labels,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     node_name: String,
     written_ms: u64,

@@ -2,18 +2,18 @@
 //! claims of the modules already assigned. The decision core reads it; the shells (standalone,
 //! `check`, the cluster watchers) build it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use crate::core::claim::Claim;
 use crate::core::domain::{GpuIndex, Mode};
 use crate::core::policy::Policy;
-use crate::core::workload::{ControllerRef, Kind, WorkloadKey};
+use crate::core::workload::{ControllerRef, Kind, Labels, WorkloadKey};
 
 /// A node as gpushare sees it.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Node {
     pub name: String,
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     /// A count fixed on the command line (`--gpus`), stronger than any policy value.
     pub forced_gpus: Option<u32>,
     /// The count the node itself reports (label or allocatable), weaker than the policy.
@@ -56,7 +56,7 @@ impl Placement {
                 && self
                     .node_selector
                     .iter()
-                    .all(|(k, v)| node.labels.get(k).map(String::as_str) == Some(v))
+                    .all(|(k, v)| node.labels.get(k) == Some(v))
     }
 }
 
@@ -228,7 +228,7 @@ impl Inventory {
                 .push(i);
             if let Some(host) = node.labels.get(HOSTNAME_LABEL) {
                 self.nodes_by_hostname
-                    .entry(host.clone())
+                    .entry(host.to_string())
                     .or_default()
                     .push(i);
             }
@@ -496,11 +496,9 @@ mod tests {
     fn node(name: &str, hostname: &str, pool: &str) -> Node {
         Node {
             name: name.into(),
-            labels: [
-                (HOSTNAME_LABEL.to_string(), hostname.to_string()),
-                ("pool".to_string(), pool.to_string()),
-            ]
-            .into(),
+            labels: [(HOSTNAME_LABEL, hostname), ("pool", pool)]
+                .into_iter()
+                .collect(),
             reported_gpus: Some(2),
             ..Node::default()
         }

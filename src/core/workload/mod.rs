@@ -4,7 +4,7 @@
 
 mod adapt;
 mod kind;
-mod node_selector;
+mod labels;
 pub mod wire;
 
 use std::collections::BTreeMap;
@@ -12,7 +12,7 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use kind::{Kind, Layout};
-pub use node_selector::NodeSelector;
+pub use labels::Labels;
 pub use wire::{Container, JsonObject, ObjectMeta, PodSpec, RawObject};
 
 use crate::core::keys::PREFIX;
@@ -75,7 +75,7 @@ impl fmt::Display for ControllerRef {
 /// Where a module's pods may run, from its pod template.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Placement {
-    pub node_selector: NodeSelector,
+    pub node_selector: Labels,
     pub node_name: String,
 }
 
@@ -137,7 +137,7 @@ impl Workload {
     /// Where the pods may run: the pod template's nodeSelector and nodeName.
     pub fn placement(&self) -> Placement {
         Placement {
-            node_selector: NodeSelector::from(&self.pod.node_selector),
+            node_selector: Labels::from(&self.pod.node_selector),
             node_name: self.pod.node_name.clone(),
         }
     }

@@ -23,7 +23,7 @@ pub fn node(name: &str, pool: &str, gpus: Option<u32>) -> Node {
     }
     Node {
         name: name.into(),
-        labels,
+        labels: labels.into(),
         forced_gpus: None,
         reported_gpus: gpus,
         matches_any_placement: false,

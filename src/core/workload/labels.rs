@@ -1,6 +1,6 @@
-//! A pod template's nodeSelector as a claim keeps it: a sorted boxed slice. A claim lives in
-//! several places of the cluster cache (the stored object, what it counts as, the ledger entry),
-//! and a `BTreeMap` of one label allocates a whole node of eleven slots, ten times the label.
+//! A set of labels as the cluster cache keeps them (a node's labels, a claim's nodeSelector): a
+//! sorted boxed slice. The cache holds one per node and one per claim, and a `BTreeMap` of one
+//! label allocates a whole node of eleven slots, ten times the label.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -8,9 +8,9 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 #[derive(Clone, PartialEq, Eq, Default)]
-pub struct NodeSelector(Box<[(Box<str>, Box<str>)]>);
+pub struct Labels(Box<[(Box<str>, Box<str>)]>);
 
-impl NodeSelector {
+impl Labels {
     pub fn get(&self, key: &str) -> Option<&str> {
         self.0
             .binary_search_by(|(k, _)| (**k).cmp(key))
@@ -27,10 +27,10 @@ impl NodeSelector {
     }
 }
 
-impl From<&BTreeMap<String, String>> for NodeSelector {
-    fn from(map: &BTreeMap<String, String>) -> NodeSelector {
+impl From<&BTreeMap<String, String>> for Labels {
+    fn from(map: &BTreeMap<String, String>) -> Labels {
         // Already sorted and unique.
-        NodeSelector(
+        Labels(
             map.iter()
                 .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
                 .collect(),
@@ -38,34 +38,38 @@ impl From<&BTreeMap<String, String>> for NodeSelector {
     }
 }
 
-impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for NodeSelector {
-    fn from_iter<I: IntoIterator<Item = (K, V)>>(pairs: I) -> NodeSelector {
+impl From<BTreeMap<String, String>> for Labels {
+    fn from(map: BTreeMap<String, String>) -> Labels {
+        Labels::from(&map)
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Labels {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(pairs: I) -> Labels {
         let map: BTreeMap<String, String> = pairs
             .into_iter()
             .map(|(k, v)| (k.into(), v.into()))
             .collect();
-        NodeSelector::from(&map)
+        Labels::from(&map)
     }
 }
 
-impl fmt::Debug for NodeSelector {
+impl fmt::Debug for Labels {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map().entries(self.iter()).finish()
     }
 }
 
 /// A JSON object of labels, as in a pod spec and a ledger entry.
-impl Serialize for NodeSelector {
+impl Serialize for Labels {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_map(self.iter())
     }
 }
 
-impl<'de> Deserialize<'de> for NodeSelector {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<NodeSelector, D::Error> {
-        Ok(NodeSelector::from(
-            &BTreeMap::<String, String>::deserialize(d)?,
-        ))
+impl<'de> Deserialize<'de> for Labels {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Labels, D::Error> {
+        Ok(Labels::from(&BTreeMap::<String, String>::deserialize(d)?))
     }
 }
 
@@ -75,7 +79,7 @@ mod tests {
 
     #[test]
     fn reads_like_the_map_it_came_from() {
-        let selector: NodeSelector = [("pool", "a"), ("kubernetes.io/hostname", "edge")]
+        let selector: Labels = [("pool", "a"), ("kubernetes.io/hostname", "edge")]
             .into_iter()
             .collect();
         assert_eq!(selector.get("pool"), Some("a"));
@@ -87,10 +91,7 @@ mod tests {
         );
         let json = serde_json::to_string(&selector).unwrap();
         assert_eq!(json, r#"{"kubernetes.io/hostname":"edge","pool":"a"}"#);
-        assert_eq!(
-            serde_json::from_str::<NodeSelector>(&json).unwrap(),
-            selector
-        );
-        assert!(NodeSelector::default().is_empty());
+        assert_eq!(serde_json::from_str::<Labels>(&json).unwrap(), selector);
+        assert!(Labels::default().is_empty());
     }
 }
