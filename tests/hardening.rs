@@ -54,8 +54,12 @@ fn client(
     TlsConnector::from(Arc::new(config))
 }
 
-/// One HTTP/1.1 GET over a fresh TLS connection: the status line, or the error that stopped it.
-async fn get(connector: &TlsConnector, server: &Server, path: &str) -> Result<String, String> {
+/// Sends `request` over a fresh TLS connection: the status line, or the error that stopped it.
+async fn exchange(
+    connector: &TlsConnector,
+    server: &Server,
+    request: &str,
+) -> Result<String, String> {
     let tcp = TcpStream::connect(server.addr)
         .await
         .map_err(|e| e.to_string())?;
@@ -64,7 +68,6 @@ async fn get(connector: &TlsConnector, server: &Server, path: &str) -> Result<St
         .connect(name, tcp)
         .await
         .map_err(|e| format!("handshake: {e}"))?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     tls.write_all(request.as_bytes())
         .await
         .map_err(|e| format!("write: {e}"))?;
@@ -78,6 +81,12 @@ async fn get(connector: &TlsConnector, server: &Server, path: &str) -> Result<St
         .filter(|l| l.starts_with("HTTP/"))
         .map(str::to_string)
         .ok_or(format!("no HTTP answer: {text:?}"))
+}
+
+/// One HTTP/1.1 GET over a fresh TLS connection.
+async fn get(connector: &TlsConnector, server: &Server, path: &str) -> Result<String, String> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    exchange(connector, server, &request).await
 }
 
 /// The serial number of the certificate the server presents on a new handshake.
@@ -239,33 +248,13 @@ async fn with_a_client_ca_only_clients_it_signed_are_served() {
 
 /// One HTTP/1.1 POST of an AdmissionReview over a fresh TLS connection, as `get`.
 async fn post_review(connector: &TlsConnector, server: &Server) -> Result<String, String> {
-    let tcp = TcpStream::connect(server.addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let name = ServerName::try_from("localhost").expect("a DNS name");
-    let mut tls = connector
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
     let body = Review::create(web(&[])).to_json().to_string();
     let request = format!(
         "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    tls.write_all(request.as_bytes())
-        .await
-        .map_err(|e| format!("write: {e}"))?;
-    let mut response = Vec::new();
-    tls.read_to_end(&mut response)
-        .await
-        .map_err(|e| format!("read: {e}"))?;
-    let text = String::from_utf8_lossy(&response).to_string();
-    text.lines()
-        .next()
-        .filter(|l| l.starts_with("HTTP/"))
-        .map(str::to_string)
-        .ok_or(format!("no HTTP answer: {text:?}"))
+    exchange(connector, server, &request).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
