@@ -286,6 +286,36 @@ impl Run {
 
 /// A gpushare build through every level with the in-process load generator, then topped up at
 /// concurrency 64 until it has served `min_total` requests.
+/// This build, then the baseline build when `BENCH_BASELINE_BIN` names one, each started with the
+/// quiet log and served through every level by `serve` (this bench's client, or wrk).
+async fn this_build_and_baseline<F, Fut>(
+    config: &Config,
+    workspace: &Workspace,
+    pinned: bool,
+    serve: F,
+) -> (Served, Option<Served>)
+where
+    F: Fn(&'static str, Server) -> Fut,
+    Fut: std::future::Future<Output = Served>,
+{
+    let this_build = serve(
+        "gpushare RUST_LOG=warn",
+        workspace.start_gpushare(QUIET_LOG, pinned),
+    )
+    .await;
+    let baseline = match &config.baseline {
+        Some(bin) => Some(
+            serve(
+                "baseline RUST_LOG=warn",
+                workspace.start_baseline(bin, QUIET_LOG, pinned),
+            )
+            .await,
+        ),
+        None => None,
+    };
+    (this_build, baseline)
+}
+
 async fn serve_in_process(
     label: &str,
     mut server: Server,
@@ -332,32 +362,11 @@ async fn run(config: &Config, pinned: bool) -> u64 {
         config.levels, config.warmup, config.budget
     );
 
-    let server = workspace.start_gpushare(QUIET_LOG, pinned);
-    let gpushare = serve_in_process(
-        "gpushare RUST_LOG=warn",
-        server,
-        &workspace,
-        &templates,
-        config,
-    )
-    .await;
-
-    let baseline = match &config.baseline {
-        Some(bin) => {
-            let server = workspace.start_baseline(bin, QUIET_LOG, pinned);
-            Some(
-                serve_in_process(
-                    "baseline RUST_LOG=warn",
-                    server,
-                    &workspace,
-                    &templates,
-                    config,
-                )
-                .await,
-            )
-        }
-        None => None,
-    };
+    let (gpushare, baseline) =
+        this_build_and_baseline(config, &workspace, pinned, |label, server| {
+            serve_in_process(label, server, &workspace, &templates, config)
+        })
+        .await;
 
     let (ceiling, ceiling_memory) = if config.ceiling {
         let mut server = workspace.start_ceiling(pinned);

@@ -13,7 +13,7 @@ use crate::cpu::{CpuSample, CpuUse};
 use crate::load::{run_levels, run_phase, target_for, Check, LevelResult};
 use crate::process::{Server, Workspace};
 use crate::requests::{Case, Template};
-use crate::{finish, Budget, Config, Run, Served, QUIET_LOG};
+use crate::{finish, this_build_and_baseline, Budget, Config, Run, Served};
 
 /// The uid every wrk request carries: wrk sends one fixed body.
 const WRK_UID: &str = "b3c4d5e6-0000-4000-8000-0000000a0b0c";
@@ -89,33 +89,11 @@ pub async fn run(config: &Config, pinned: bool) -> u64 {
         wrk.seconds
     );
 
-    let server = workspace.start_gpushare(QUIET_LOG, pinned);
-    let gpushare = serve(
-        "gpushare RUST_LOG=warn",
-        server,
-        &workspace,
-        &templates,
-        &wrk,
-        config,
-    )
-    .await;
-    let baseline = match &config.baseline {
-        Some(bin) => {
-            let server = workspace.start_baseline(bin, QUIET_LOG, pinned);
-            Some(
-                serve(
-                    "baseline RUST_LOG=warn",
-                    server,
-                    &workspace,
-                    &templates,
-                    &wrk,
-                    config,
-                )
-                .await,
-            )
-        }
-        None => None,
-    };
+    let (gpushare, baseline) =
+        this_build_and_baseline(config, &workspace, pinned, |label, server| {
+            serve(label, server, &workspace, &templates, &wrk, config)
+        })
+        .await;
     let (ceiling, ceiling_memory) = if config.ceiling {
         let mut server = workspace.start_ceiling(pinned);
         preflight(&server, &workspace, &templates, Check::Envelope).await;
