@@ -268,4 +268,29 @@ mod tests {
         assert_eq!(api_resource(Kind::CronJob).api_version, "batch/v1");
         assert_eq!(api_resource(Kind::Pod).api_version, "v1");
     }
+
+    /// `stored` takes its key from the workload view (so its claims share it) and a deletion is
+    /// looked up by `key`: the two must agree, or a deleted workload would keep its share.
+    #[test]
+    fn a_stored_object_is_keyed_as_its_deletion_is_looked_up() {
+        for metadata in [
+            serde_json::json!({"name": "d", "namespace": "ns"}),
+            serde_json::json!({"name": "d"}),
+            serde_json::json!({"name": "d", "namespace": "ns", "generateName": "d-"}),
+        ] {
+            for kind in [Kind::Deployment, Kind::Job, Kind::Pod] {
+                let object = || -> StoredWorkload {
+                    serde_json::from_value(serde_json::json!({
+                        "metadata": metadata,
+                        "spec": {"template": {"metadata": {"annotations": {"gpushare.io/gpu": "0"}},
+                            "spec": {"containers": [{"name": "c"}]}},
+                            "containers": [{"name": "c"}]}
+                    }))
+                    .unwrap()
+                };
+                let looked_up = key(kind, &object());
+                assert_eq!(stored(kind, object()).key, looked_up, "{kind:?} {metadata}");
+            }
+        }
+    }
 }
