@@ -328,7 +328,7 @@ fn check_one(mut value: Value, record: &Memory, stored: &Stored) -> (Value, Opti
         object: &workload,
         old_object,
     };
-    let (verdict, _) = decide_on(record, |policy, inventory| {
+    let (verdict, _) = decide_on(record, &[], |policy, inventory| {
         decision::decide(&request, policy, inventory)
     });
     let mutation = match verdict {

@@ -234,8 +234,8 @@ impl LedgerRecord {
 }
 
 impl Record for LedgerRecord {
-    fn read(&self, read: &mut dyn FnMut(&Policy, &Inventory)) -> Version {
-        self.state.read(read)
+    fn read(&self, pending: &[ClaimChange], read: &mut dyn FnMut(&Policy, &Inventory)) -> Version {
+        self.state.read(pending, read)
     }
 
     fn counts(&self, change: &ClaimChange) -> bool {
@@ -244,24 +244,27 @@ impl Record for LedgerRecord {
 
     fn commit<'a>(
         &'a self,
-        change: &'a ClaimChange,
+        changes: &'a [ClaimChange],
         against: Version,
-    ) -> BoxFuture<'a, Result<(), CommitError>> {
+    ) -> BoxFuture<'a, Result<Version, CommitError>> {
         Box::pin(async move {
-            self.label_namespace(change)
-                .await
-                .map_err(CommitError::Unavailable)?;
-            let data = ledger::patch_data(std::slice::from_ref(change), now_ms());
-            // The reading the decision was made against, not the one now: a ledger that moved on
-            // in between (another replica's write seen by the watch) must refuse this write.
+            for change in changes {
+                self.label_namespace(change)
+                    .await
+                    .map_err(CommitError::Unavailable)?;
+            }
+            let data = ledger::patch_data(changes, now_ms());
+            // The reading the decisions were made against, not the one now: a ledger that moved
+            // on in between (another replica's write seen by the watch) must refuse this write.
             let result = match against.0 {
                 Some(version) => self.store.patch(version, data).await,
                 None => self.store.create(data).await,
             };
             match result {
                 Ok(cm) => {
+                    let written = Version(cm.metadata.resource_version.clone());
                     self.state.set_ledger(Ledger::from_configmap(&cm));
-                    Ok(())
+                    Ok(written)
                 }
                 Err(StoreError::Conflict | StoreError::NotFound | StoreError::AlreadyExists) => {
                     self.refresh().await;
@@ -527,8 +530,9 @@ mod tests {
                 object,
                 old_object: None,
             };
-            let (verdict, _) =
-                decide_on(&*committer.record, |p, i| decision::decide(&request, p, i));
+            let (verdict, _) = decide_on(&*committer.record, &[], |p, i| {
+                decision::decide(&request, p, i)
+            });
             let Verdict::Allowed(mutation) = verdict else {
                 panic!("denied")
             };

@@ -11,7 +11,7 @@ use super::ledger::{self, Entry, Ledger};
 use crate::core::claim::{Claim, ClaimChange};
 use crate::core::inventory::{Inventory, Node, PodSecurity};
 use crate::core::policy::Policy;
-use crate::core::record::Version;
+use crate::core::record::{with_pending, Version};
 use crate::core::status::RunningPods;
 use crate::core::workload::{Kind, WorkloadKey};
 use crate::webhook::metrics::{CacheLabels, GpuLabels, Metrics};
@@ -585,12 +585,22 @@ impl ClusterState {
         ledger::reconcile(&inner.ledger, |key| inner.held(key), now_ms)
     }
 
-    /// Runs `read` on the policy and the view, and returns the ledger reading it saw: the
-    /// precondition of the commit a decision makes.
-    pub fn read(&self, read: &mut dyn FnMut(&Policy, &Inventory)) -> Version {
-        let inner = self.lock();
-        read(&inner.policy, &inner.view);
-        Version(inner.ledger.resource_version.clone())
+    /// Runs `read` on the policy and the view with `pending` applied, and returns the ledger
+    /// reading it saw: the precondition of the commit a decision makes.
+    pub fn read(
+        &self,
+        pending: &[ClaimChange],
+        read: &mut dyn FnMut(&Policy, &Inventory),
+    ) -> Version {
+        let mut inner = self.lock();
+        let Inner {
+            policy,
+            view,
+            ledger,
+            ..
+        } = &mut *inner;
+        with_pending(view, pending, |view| read(policy, view));
+        Version(ledger.resource_version.clone())
     }
 
     /// The pods running now, by the module they belong to (a Pod made by a ReplicaSet of a

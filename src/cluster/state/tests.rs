@@ -78,7 +78,7 @@ fn decide(state: &ClusterState, object: &Workload) -> Verdict {
         old_object: None,
     };
     let mut verdict = None;
-    state.read(&mut |policy, view| {
+    state.read(&[], &mut |policy, view| {
         verdict = Some(decision::decide(&request, policy, view));
     });
     verdict.expect("read once")
@@ -91,7 +91,7 @@ fn decide_scale(
     replicas: u32,
 ) -> (Verdict, Option<ClaimChange>) {
     let mut verdict = None;
-    state.read(&mut |policy, view| {
+    state.read(&[], &mut |policy, view| {
         verdict = Some(scale::decide(key, view.claim(key), replicas, policy, view));
     });
     let verdict = verdict.expect("read once");
