@@ -253,7 +253,14 @@ impl Record for LedgerRecord {
                     .await
                     .map_err(CommitError::Unavailable)?;
             }
-            let data = ledger::patch_data(changes, now_ms());
+            let now = now_ms();
+            // The housekeeping rides along: entries the stored workloads now show leave with this
+            // write rather than a write of their own (a batch's own changes win over it).
+            let mut data = match self.state.is_synced() {
+                true => ledger::patch_data(&self.state.reconcile_edits(now), now),
+                false => Map::new(),
+            };
+            data.extend(ledger::patch_data(changes, now));
             // The reading the decisions were made against, not the one now: a ledger that moved
             // on in between (another replica's write seen by the watch) must refuse this write.
             let result = match against.0 {
@@ -563,6 +570,41 @@ mod tests {
             view.claim(&lost.key).is_none(),
             "a never-stored commitment was kept"
         );
+    }
+
+    #[tokio::test]
+    async fn a_commit_also_removes_the_entries_the_stored_workloads_now_show() {
+        let store: Arc<MemoryStore> = Arc::new(MemoryStore::default());
+        let (state, committer) = replica(state(1), store.clone(), BUDGET);
+        for cache in [
+            Cache::Nodes,
+            Cache::Policy,
+            Cache::Ledger,
+            Cache::Namespaces,
+            Cache::Workloads(Kind::Deployment),
+            Cache::Workloads(Kind::Job),
+        ] {
+            state.mark_synced(cache);
+        }
+        let stored = deployment("stored", 1, 30);
+        assert!(allowed(&admit(&committer, &stored, false).await));
+        // Its object is stored and shown by the caches; its entry was written a while ago.
+        let claim = state.snapshot().1.claim(&stored.key).unwrap().clone();
+        state.apply_claim(stored.key.clone(), Some(claim.clone()));
+        let old = ledger::patch_data(&[ClaimChange::Hold(claim)], now_ms() - 3_000);
+        let cm = store
+            .patch(state.ledger_version().unwrap(), old)
+            .await
+            .unwrap();
+        state.set_ledger(Ledger::from_configmap(&cm));
+        // The next commit carries the removal: no housekeeping round ran.
+        let next = deployment("next", 1, 30);
+        assert!(allowed(&admit(&committer, &next, false).await));
+        let ledger = Ledger::from_configmap(&store.object.lock().unwrap().clone().unwrap());
+        let keys: Vec<_> = ledger.entries.keys().cloned().collect();
+        assert_eq!(keys, [next.key.clone()]);
+        let (_, view) = state.snapshot();
+        assert!(view.claim(&stored.key).is_some(), "still counted, stored");
     }
 
     #[tokio::test]
