@@ -328,6 +328,20 @@ mod tests {
         (state, Committer::with_budget(record, budget))
     }
 
+    /// Every cache the replica waits for has synced: its housekeeping runs.
+    fn all_synced(state: &ClusterState) {
+        for cache in [
+            Cache::Nodes,
+            Cache::Policy,
+            Cache::Ledger,
+            Cache::Namespaces,
+            Cache::Workloads(Kind::Deployment),
+            Cache::Workloads(Kind::Job),
+        ] {
+            state.mark_synced(cache);
+        }
+    }
+
     const BUDGET: Duration = crate::webhook::commit::COMMIT_BUDGET;
 
     /// The ledger ConfigMap with the API server's optimistic concurrency, in memory.
@@ -524,16 +538,7 @@ mod tests {
     async fn reconciliation_empties_the_ledger_and_only_what_was_stored_still_counts() {
         let store: Arc<MemoryStore> = Arc::new(MemoryStore::default());
         let (state, committer) = replica(state(1), store.clone(), BUDGET);
-        for cache in [
-            Cache::Nodes,
-            Cache::Policy,
-            Cache::Ledger,
-            Cache::Namespaces,
-            Cache::Workloads(Kind::Deployment),
-            Cache::Workloads(Kind::Job),
-        ] {
-            state.mark_synced(cache);
-        }
+        all_synced(&state);
         // Two commitments written long ago; only `kept` was stored.
         let old = now_ms() - 60_000;
         let (kept, lost) = (deployment("kept", 1, 30), deployment("lost", 1, 30));
@@ -582,16 +587,7 @@ mod tests {
     async fn a_commit_also_removes_the_entries_the_stored_workloads_now_show() {
         let store: Arc<MemoryStore> = Arc::new(MemoryStore::default());
         let (state, committer) = replica(state(1), store.clone(), BUDGET);
-        for cache in [
-            Cache::Nodes,
-            Cache::Policy,
-            Cache::Ledger,
-            Cache::Namespaces,
-            Cache::Workloads(Kind::Deployment),
-            Cache::Workloads(Kind::Job),
-        ] {
-            state.mark_synced(cache);
-        }
+        all_synced(&state);
         let stored = deployment("stored", 1, 30);
         assert!(allowed(&admit(&committer, &stored, false).await));
         // Its object is stored and shown by the caches; its entry was written a while ago.
@@ -652,16 +648,7 @@ mod tests {
     async fn entries_edited_into_nonsense_are_removed_with_an_event_and_never_counted() {
         let store: Arc<MemoryStore> = Arc::new(MemoryStore::default());
         let (state, committer) = replica(state(1), store.clone(), BUDGET);
-        for cache in [
-            Cache::Nodes,
-            Cache::Policy,
-            Cache::Ledger,
-            Cache::Namespaces,
-            Cache::Workloads(Kind::Deployment),
-            Cache::Workloads(Kind::Job),
-        ] {
-            state.mark_synced(cache);
-        }
+        all_synced(&state);
         let mut data = Map::new();
         data.insert(
             "Deployment.ns.x".into(),

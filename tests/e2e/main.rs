@@ -33,12 +33,21 @@ const MPS_PCT: &str = "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE";
 /// Waits until gpushare's caches know `node`: a managed, pinned Deployment is admitted (dry-run).
 fn wait_for_node(node: &TestNode, ns: &Namespace) {
     let probe = deployment("node-probe", &ns.name, &node.name, 1, &[(GPU, "0")]);
+    // In-cluster the Service spreads the probes over two replicas, each with its own node watch:
+    // one answer in a row can come from the replica that sees the node first, so it takes enough
+    // in a row that both must have answered (a miss is 2 x 2^-12).
+    let wanted = if in_cluster() { 12 } else { 1 };
+    let mut in_a_row = 0;
     eventually(&format!("gpushare to see node {}", node.name), || {
         let run = apply(&probe, &["--dry-run=server"]);
-        if run.code == 0 {
-            Ok(())
-        } else {
-            Err(run.stderr)
+        if run.code != 0 {
+            in_a_row = 0;
+            return Err(run.stderr);
+        }
+        in_a_row += 1;
+        match in_a_row >= wanted {
+            true => Ok(()),
+            false => Err(format!("{in_a_row} of {wanted} answers in a row")),
         }
     });
 }

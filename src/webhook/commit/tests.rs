@@ -116,6 +116,24 @@ fn change_on_an_empty_gpu(object: &Workload) -> ClaimChange {
     change_of(&verdict, &object.key).expect("fits")
 }
 
+/// A committer whose first admission, `first`, is in the middle of its write.
+async fn writing(
+    first: Workload,
+) -> (
+    Arc<Gated>,
+    Arc<Committer<Gated>>,
+    tokio::task::JoinHandle<Verdict>,
+) {
+    let record = Gated::new();
+    let committer = Arc::new(Committer::new(record.clone()));
+    let first = admit(&committer, first);
+    until("the first write starts", || {
+        record.entered.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    (record, committer, first)
+}
+
 fn pending(committer: &Committer<Gated>) -> usize {
     lock(&committer.queue).pending.len()
 }
@@ -126,13 +144,7 @@ fn denied_for_capacity(verdict: &Verdict) -> bool {
 
 #[tokio::test]
 async fn admissions_behind_a_write_count_it_and_are_written_together() {
-    let record = Gated::new();
-    let committer = Arc::new(Committer::new(record.clone()));
-    let first = admit(&committer, module("a", 30));
-    until("the first write starts", || {
-        record.entered.load(Ordering::SeqCst) == 1
-    })
-    .await;
+    let (record, committer, first) = writing(module("a", 30)).await;
     // 30% is written; 30% + 30% more fit beside it, the two after that do not.
     let queued: Vec<_> = ["b", "c", "d", "e"]
         .iter()
@@ -161,13 +173,7 @@ async fn admissions_behind_a_write_count_it_and_are_written_together() {
 
 #[tokio::test]
 async fn a_batch_decided_on_a_write_that_failed_is_decided_again() {
-    let record = Gated::new();
-    let committer = Arc::new(Committer::new(record.clone()));
-    let first = admit(&committer, module("a", 30));
-    until("the first write starts", || {
-        record.entered.load(Ordering::SeqCst) == 1
-    })
-    .await;
+    let (record, committer, first) = writing(module("a", 30)).await;
     let second = admit(&committer, module("b", 30));
     until("b waits behind a's write", || pending(&committer) == 2).await;
     // Another replica records 50% first: a's write conflicts, and b was decided counting a.
@@ -188,13 +194,7 @@ async fn a_batch_decided_on_a_write_that_failed_is_decided_again() {
 
 #[tokio::test]
 async fn a_writer_abandoned_mid_write_leaves_nothing_counted_and_the_others_go_on() {
-    let record = Gated::new();
-    let committer = Arc::new(Committer::new(record.clone()));
-    let first = admit(&committer, module("a", 60));
-    until("the first write starts", || {
-        record.entered.load(Ordering::SeqCst) == 1
-    })
-    .await;
+    let (record, committer, first) = writing(module("a", 60)).await;
     // b does not fit beside a's 60% while a's write is in flight...
     let verdict = admit(&committer, module("b", 60)).await.unwrap();
     assert!(denied_for_capacity(&verdict), "{verdict:?}");
