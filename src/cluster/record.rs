@@ -62,6 +62,18 @@ fn store_error(error: kube::Error) -> StoreError {
     }
 }
 
+/// The ledger write: `data` merged only if the ConfigMap is still at `resource_version` (a
+/// resourceVersion in a merge patch is a precondition: 409 if the object moved on).
+/// `managedFields: [{}]` resets the field ownership first, so the object lists only the keys of
+/// the last write instead of every entry's key a second time (a third of its size, and work for
+/// the API server on every write); nothing else manages it.
+fn merge_patch(resource_version: String, data: Map<String, Value>) -> Value {
+    json!({
+        "metadata": {"resourceVersion": resource_version, "managedFields": [{}]},
+        "data": data
+    })
+}
+
 impl LedgerStore for ApiStore {
     fn get(&self) -> BoxFuture<'_, Result<Option<ConfigMap>, StoreError>> {
         Box::pin(async move { self.api.get_opt(&self.name).await.map_err(store_error) })
@@ -96,14 +108,7 @@ impl LedgerStore for ApiStore {
         data: Map<String, Value>,
     ) -> BoxFuture<'_, Result<ConfigMap, StoreError>> {
         Box::pin(async move {
-            // A resourceVersion in a merge patch is a precondition: 409 if the object moved on.
-            // `managedFields: [{}]` resets the field ownership first, so the object lists only the
-            // keys of the last write instead of every entry's key a second time (a third of its
-            // size, and work for the API server on every write); nothing else manages it.
-            let patch = json!({
-                "metadata": {"resourceVersion": resource_version, "managedFields": [{}]},
-                "data": data
-            });
+            let patch = merge_patch(resource_version, data);
             self.api
                 .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
@@ -581,6 +586,20 @@ mod tests {
             view.claim(&lost.key).is_none(),
             "a never-stored commitment was kept"
         );
+    }
+
+    #[test]
+    fn a_ledger_write_is_conditional_and_resets_field_ownership() {
+        let mut data = Map::new();
+        data.insert("Deployment.ns.a".into(), Value::Null);
+        let patch = merge_patch("42".into(), data);
+        assert_eq!(patch["metadata"]["resourceVersion"], "42");
+        assert_eq!(
+            patch["metadata"]["managedFields"],
+            json!([{}]),
+            "without the reset the ledger lists every entry's key twice"
+        );
+        assert_eq!(patch["data"], json!({"Deployment.ns.a": null}));
     }
 
     #[tokio::test]

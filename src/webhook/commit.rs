@@ -26,7 +26,7 @@ pub const COMMIT_BUDGET: Duration = Duration::from_secs(3);
 /// while a write is in flight, the admissions that need one are decided one after another
 /// against the record with every change still on its way there counted, and the next write
 /// carries all of them. A replica's admissions no longer queue one write each; only another
-/// replica's write can make a batch conflict.
+/// replica's write (or this one's housekeeping) can make a batch conflict.
 pub struct Committer<R: ?Sized> {
     pub record: Arc<R>,
     /// One write at a time: a batch's, or the record's own housekeeping.
