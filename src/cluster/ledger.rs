@@ -208,27 +208,24 @@ pub fn patch_data(changes: &[ClaimChange], written_ms: u64) -> Map<String, Value
         .collect()
 }
 
-/// How long an entry stays after this replica's caches show its stored workload: the other
-/// replicas' caches get as long to show it too (one whose caches lag more keeps the entry as a
-/// ghost only if its ledger watch saw the entry at all).
-pub const SETTLE: Duration = Duration::from_secs(2);
+/// How long a replica holds back its commits after reading the ledger other than through its
+/// watch (a relist, or a read after the watch fell behind): entries may have come and gone
+/// unseen, and the stored workloads they stood for get this long to reach its caches. Through
+/// the watch it sees every entry, so an entry can leave as soon as its stored workload shows it.
+pub const RELIST_HOLD: Duration = Duration::from_secs(2);
 
 /// The entries the ledger no longer needs (`stored`: the claim a cached workload holds): those
-/// a stored workload has shown for a while, and those older than `GRACE` (never stored, deleted
+/// a stored workload shows, and those older than `GRACE` (never stored, deleted
 /// since, or stored otherwise: the stored object counts from then on). Nothing is ever added here.
 pub fn reconcile<'a>(
     ledger: &Ledger,
     stored: impl Fn(&WorkloadKey) -> Option<&'a Claim>,
     now_ms: u64,
 ) -> Vec<ClaimChange> {
-    let settled =
-        |entry: &Entry| now_ms.saturating_sub(entry.written_ms) >= SETTLE.as_millis() as u64;
     let mut keys: Vec<WorkloadKey> = ledger
         .entries
         .iter()
-        .filter(|(key, entry)| {
-            (stored(key) == Some(&entry.claim) && settled(entry)) || is_expired(entry, now_ms)
-        })
+        .filter(|(key, entry)| stored(key) == Some(&entry.claim) || is_expired(entry, now_ms))
         .map(|(key, _)| key.clone())
         .collect();
     keys.sort();
@@ -351,12 +348,8 @@ mod tests {
             .into_iter()
             .map(|c| (c.key.clone(), c.clone()))
             .collect();
-        assert!(
-            reconcile(&ledger, |k| stored.get(k), 10_000).is_empty(),
-            "shown, but the other replicas' caches get SETTLE to show it too"
-        );
         assert_eq!(
-            reconcile(&ledger, |k| stored.get(k), 11_000),
+            reconcile(&ledger, |k| stored.get(k), 9_000),
             vec![ClaimChange::Free(shown.key.clone())],
             "the shown entry leaves; the pending one waits for its stored object; no stored claim is copied in"
         );

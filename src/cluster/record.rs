@@ -150,6 +150,10 @@ impl LedgerStore for ApiStore {
 
 use super::ledger::now_ms;
 
+/// How long a replica whose write conflicted waits for its ledger watch to show what moved on
+/// before it reads the ledger from the API server instead.
+const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The ledger in the API server, with the caches of one replica.
 pub struct LedgerRecord {
     pub state: Arc<ClusterState>,
@@ -189,8 +193,20 @@ impl LedgerRecord {
         Ok(())
     }
 
-    /// Reads the ledger from the API server (after a conflict, or at start).
-    pub async fn refresh(&self) {
+    /// After a conflict on `version`: the reading that moved on, from the watch (it delivers
+    /// every version, so no entry goes by unseen and one can leave the ledger as soon as its stored
+    /// workload shows it); when the watch is slower than `CATCH_UP`, from the API server, and then
+    /// commits wait for the caches (`ClusterState::hold_commits`).
+    async fn catch_up(&self, version: &Option<String>) {
+        if !self.state.ledger_moved_from(version, CATCH_UP).await {
+            tracing::debug!("the ledger watch is behind; reading the ledger");
+            self.refresh().await;
+            self.state.hold_commits();
+        }
+    }
+
+    /// Reads the ledger from the API server.
+    async fn refresh(&self) {
         match self.store.get().await {
             Ok(Some(cm)) => self.state.set_ledger(Ledger::from_configmap(&cm)),
             Ok(None) => self.state.set_ledger(Ledger::default()),
@@ -214,7 +230,8 @@ impl LedgerRecord {
         }
         let mut data = ledger::patch_data(&freed, now);
         data.extend(ledger::removal_data(&unreadable));
-        let result = match state.ledger_version() {
+        let version = state.ledger_version();
+        let result = match version.clone() {
             Some(version) => self.store.patch(version, data).await,
             None => self.store.create(data).await,
         };
@@ -239,7 +256,7 @@ impl LedgerRecord {
             Err(StoreError::Other(error)) => {
                 tracing::warn!(%error, "could not reconcile the ledger")
             }
-            Err(_) => self.refresh().await,
+            Err(_) => self.catch_up(&version).await,
         }
     }
 }
@@ -259,6 +276,11 @@ impl Record for LedgerRecord {
         against: Version,
     ) -> BoxFuture<'a, Result<Version, CommitError>> {
         Box::pin(async move {
+            if let Some(wait) = self.state.commits_held_for() {
+                // Decided before the caches caught up: wait, then decide again.
+                tokio::time::sleep(wait).await;
+                return Err(CommitError::Conflict);
+            }
             for change in changes {
                 self.label_namespace(change)
                     .await
@@ -274,8 +296,8 @@ impl Record for LedgerRecord {
             data.extend(ledger::patch_data(changes, now));
             // The reading the decisions were made against, not the one now: a ledger that moved
             // on in between (another replica's write seen by the watch) must refuse this write.
-            let result = match against.0 {
-                Some(version) => self.store.patch(version, data).await,
+            let result = match &against.0 {
+                Some(version) => self.store.patch(version.clone(), data).await,
                 None => self.store.create(data).await,
             };
             match result {
@@ -285,13 +307,11 @@ impl Record for LedgerRecord {
                     Ok(written)
                 }
                 Err(StoreError::Conflict | StoreError::NotFound | StoreError::AlreadyExists) => {
-                    self.refresh().await;
+                    self.catch_up(&against.0).await;
                     Err(CommitError::Conflict)
                 }
-                Err(StoreError::Other(error)) => {
-                    self.refresh().await;
-                    Err(CommitError::Unavailable(error))
-                }
+                // The write may have landed or not: the watch tells.
+                Err(StoreError::Other(error)) => Err(CommitError::Unavailable(error)),
             }
         })
     }
@@ -322,15 +342,30 @@ mod tests {
     use crate::core::verdict::{Rule, Verdict};
     use crate::core::workload::{Kind, Workload};
 
-    /// One replica: its caches (`state`) and its committer on the shared ledger `store`.
+    /// One replica: its caches (`state`) and its committer on the shared ledger `store`, whose
+    /// writes its watch shows at once.
     fn replica(
         state: ClusterState,
-        store: Arc<dyn LedgerStore>,
+        store: Arc<MemoryStore>,
         budget: Duration,
     ) -> (Arc<ClusterState>, Committer<LedgerRecord>) {
         let state = Arc::new(state);
+        store.watch(&state, false);
         let record = Arc::new(LedgerRecord::new(state.clone(), store));
         (state, Committer::with_budget(record, budget))
+    }
+
+    /// A replica whose ledger watch is behind (`Some(lagging)`) or gone (`None`).
+    fn behind(
+        store: Arc<MemoryStore>,
+        lagging: Option<bool>,
+    ) -> (Arc<ClusterState>, Committer<LedgerRecord>) {
+        let state = Arc::new(state(1));
+        if let Some(lagging) = lagging {
+            store.watch(&state, lagging);
+        }
+        let record = Arc::new(LedgerRecord::new(state.clone(), store));
+        (state, Committer::with_budget(record, BUDGET))
     }
 
     /// Every cache the replica waits for has synced: its housekeeping runs.
@@ -349,7 +384,8 @@ mod tests {
 
     const BUDGET: Duration = crate::webhook::commit::COMMIT_BUDGET;
 
-    /// The ledger ConfigMap with the API server's optimistic concurrency, in memory.
+    /// The ledger ConfigMap with the API server's optimistic concurrency, in memory, and the
+    /// replicas' watches of it.
     #[derive(Default)]
     struct MemoryStore {
         object: Mutex<Option<ConfigMap>>,
@@ -358,6 +394,15 @@ mod tests {
         reports: Mutex<Vec<String>>,
         /// Every write fails with this, when set: an API server that is away.
         failing: Option<String>,
+        watches: Mutex<Vec<Watch>>,
+    }
+
+    /// A replica's watch: every written version, in order; a lagging one holds them back until
+    /// a write conflicts (by then a real watch has caught up too).
+    struct Watch {
+        state: Arc<ClusterState>,
+        lagging: bool,
+        held: Vec<ConfigMap>,
     }
 
     impl MemoryStore {
@@ -365,6 +410,43 @@ mod tests {
             let mut revision = self.revision.lock().unwrap();
             *revision += 1;
             cm.metadata.resource_version = Some(revision.to_string());
+        }
+
+        fn watch(&self, state: &Arc<ClusterState>, lagging: bool) {
+            self.watches.lock().unwrap().push(Watch {
+                state: state.clone(),
+                lagging,
+                held: Vec::new(),
+            });
+        }
+
+        fn deliver(&self, cm: &ConfigMap) {
+            for watch in self.watches.lock().unwrap().iter_mut() {
+                match watch.lagging {
+                    true => watch.held.push(cm.clone()),
+                    false => watch.state.set_ledger(Ledger::from_configmap(cm)),
+                }
+            }
+        }
+
+        fn catch_up_watches(&self) {
+            for watch in self.watches.lock().unwrap().iter_mut() {
+                for cm in watch.held.drain(..) {
+                    watch.state.set_ledger(Ledger::from_configmap(&cm));
+                }
+            }
+        }
+
+        /// A write's answer, as the watches see it too.
+        fn answer(&self, result: Result<ConfigMap, StoreError>) -> Result<ConfigMap, StoreError> {
+            match &result {
+                Ok(cm) => self.deliver(cm),
+                Err(StoreError::Conflict | StoreError::AlreadyExists | StoreError::NotFound) => {
+                    self.catch_up_watches()
+                }
+                Err(StoreError::Other(_)) => {}
+            }
+            result
         }
     }
 
@@ -390,22 +472,25 @@ mod tests {
                 if let Some(error) = &self.failing {
                     return Err(StoreError::Other(error.clone()));
                 }
-                let mut object = self.object.lock().unwrap();
-                let Some(cm) = object.as_mut() else {
-                    return Err(StoreError::NotFound);
-                };
-                if cm.metadata.resource_version.as_deref() != Some(&version) {
-                    return Err(StoreError::Conflict);
-                }
-                let entries = cm.data.get_or_insert_with(Default::default);
-                for (key, value) in data {
-                    match value.as_str() {
-                        Some(text) => entries.insert(key, text.to_string()),
-                        None => entries.remove(&key),
+                let result = (|| {
+                    let mut object = self.object.lock().unwrap();
+                    let Some(cm) = object.as_mut() else {
+                        return Err(StoreError::NotFound);
                     };
-                }
-                self.bump(cm);
-                Ok(cm.clone())
+                    if cm.metadata.resource_version.as_deref() != Some(&version) {
+                        return Err(StoreError::Conflict);
+                    }
+                    let entries = cm.data.get_or_insert_with(Default::default);
+                    for (key, value) in data {
+                        match value.as_str() {
+                            Some(text) => entries.insert(key, text.to_string()),
+                            None => entries.remove(&key),
+                        };
+                    }
+                    self.bump(cm);
+                    Ok(cm.clone())
+                })();
+                self.answer(result)
             })
         }
 
@@ -414,21 +499,24 @@ mod tests {
                 if let Some(error) = &self.failing {
                     return Err(StoreError::Other(error.clone()));
                 }
-                let mut object = self.object.lock().unwrap();
-                if object.is_some() {
-                    return Err(StoreError::AlreadyExists);
-                }
-                let mut cm = ConfigMap {
-                    data: Some(
-                        data.into_iter()
-                            .filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_string())))
-                            .collect(),
-                    ),
-                    ..ConfigMap::default()
-                };
-                self.bump(&mut cm);
-                *object = Some(cm.clone());
-                Ok(cm)
+                let result = (|| {
+                    let mut object = self.object.lock().unwrap();
+                    if object.is_some() {
+                        return Err(StoreError::AlreadyExists);
+                    }
+                    let mut cm = ConfigMap {
+                        data: Some(
+                            data.into_iter()
+                                .filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_string())))
+                                .collect(),
+                        ),
+                        ..ConfigMap::default()
+                    };
+                    self.bump(&mut cm);
+                    *object = Some(cm.clone());
+                    Ok(cm)
+                })();
+                self.answer(result)
             })
         }
     }
@@ -459,16 +547,40 @@ mod tests {
         let store: Arc<MemoryStore> = Arc::new(MemoryStore::default());
         // Two replicas with their own caches, which show neither's commitment.
         let (_one, c1) = replica(state(1), store.clone(), BUDGET);
-        let (_two, c2) = replica(state(1), store.clone(), BUDGET);
+        let (two, c2) = behind(store.clone(), Some(true));
         assert!(allowed(&admit(&c1, &deployment("a", 1, 60), false).await));
-        // Replica two decides on a stale (empty) ledger, conflicts, reads again and denies.
+        // Replica two's watch lags: it decides on an empty ledger, conflicts, sees the write
+        // through its watch and denies, with no read of its own and no hold.
         let verdict = admit(&c2, &deployment("b", 1, 60), false).await;
+        assert!(two.commits_held_for().is_none());
         assert!(
             matches!(&verdict, Verdict::Denied(d) if d.rule == Rule::Capacity),
             "{verdict:?}"
         );
         let stored = store.object.lock().unwrap().clone().unwrap();
         assert_eq!(Ledger::from_configmap(&stored).entries.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_replica_whose_watch_is_stuck_reads_the_ledger_and_holds_its_commits() {
+        let store: Arc<MemoryStore> = Arc::new(MemoryStore::default());
+        let (_one, c1) = replica(state(1), store.clone(), BUDGET);
+        let (two, c2) = behind(store.clone(), None);
+        assert!(allowed(&admit(&c1, &deployment("a", 1, 60), false).await));
+        // No watch event comes: after `CATCH_UP` replica two reads the ledger itself, and since
+        // entries may have gone by unseen, its commits wait until its caches could catch up.
+        let verdict = admit(&c2, &deployment("b", 1, 60), false).await;
+        assert!(
+            matches!(&verdict, Verdict::Denied(d) if d.rule == Rule::Capacity),
+            "{verdict:?}"
+        );
+        assert!(two.commits_held_for().is_some(), "read around the watch");
+        // What still fits is admitted once the hold is over, within the budget.
+        let c2 = Committer::with_budget(c2.record.clone(), Duration::from_secs(30));
+        assert!(allowed(&admit(&c2, &deployment("c", 1, 40), false).await));
+        assert!(two.commits_held_for().is_none());
+        let stored = store.object.lock().unwrap().clone().unwrap();
+        assert_eq!(Ledger::from_configmap(&stored).entries.len(), 2);
     }
 
     #[tokio::test]
@@ -609,16 +721,11 @@ mod tests {
         all_synced(&state);
         let stored = deployment("stored", 1, 30);
         assert!(allowed(&admit(&committer, &stored, false).await));
-        // Its object is stored and shown by the caches; its entry was written a while ago.
+        // Its object is stored and shown by the caches, just now.
         let claim = state.snapshot().1.claim(&stored.key).unwrap().clone();
-        state.apply_claim(stored.key.clone(), Some(claim.clone()));
-        let old = ledger::patch_data(&[ClaimChange::Hold(claim)], now_ms() - 3_000);
-        let cm = store
-            .patch(state.ledger_version().unwrap(), old)
-            .await
-            .unwrap();
-        state.set_ledger(Ledger::from_configmap(&cm));
-        // The next commit carries the removal: no housekeeping round ran.
+        state.apply_claim(stored.key.clone(), Some(claim));
+        // The next commit carries the removal at once: no housekeeping round ran, and no
+        // settling time (every replica's watch saw the entry: one whose caches lag keeps it).
         let next = deployment("next", 1, 30);
         assert!(allowed(&admit(&committer, &next, false).await));
         let ledger = Ledger::from_configmap(&store.object.lock().unwrap().clone().unwrap());
@@ -633,28 +740,18 @@ mod tests {
         let store: Arc<MemoryStore> = Arc::new(MemoryStore::default());
         let (one, c1) = replica(state(1), store.clone(), BUDGET);
         let (two, c2) = replica(state(1), store.clone(), BUDGET);
+        all_synced(&one);
         let module = deployment("a", 1, 60);
         assert!(allowed(&admit(&c1, &module, false).await));
-        // Replica two reads the ledger with the entry (its watch), its caches still empty.
-        c2.record.refresh().await;
-        // Replica one's caches show the stored workload; a while later its reconcile removes the entry.
+        // Replica one's caches show the stored workload and its housekeeping removes the entry;
+        // replica two's watch shows both writes, its workload cache not the object yet.
         let claim = one.snapshot().1.claim(&module.key).unwrap().clone();
-        one.apply_claim(module.key.clone(), Some(claim.clone()));
-        let entry = Ledger::from_configmap(&store.object.lock().unwrap().clone().unwrap());
-        let written = entry.entries[&module.key].written_ms;
-        let edits = ledger::reconcile(
-            &entry,
-            |key| (*key == module.key).then_some(&claim),
-            written + 2_500,
-        );
-        assert_eq!(edits.len(), 1);
-        let cm = store
-            .patch(one.ledger_version().unwrap(), ledger::patch_data(&edits, 0))
-            .await
-            .unwrap();
-        one.set_ledger(Ledger::from_configmap(&cm));
-        // Replica two's watch delivers the removal before its workload cache shows the object.
-        two.set_ledger(Ledger::from_configmap(&cm));
+        one.apply_claim(module.key.clone(), Some(claim));
+        {
+            let _write = c1.serialized().await;
+            c1.record.reconcile().await;
+        }
+        assert_eq!(one.in_flight(), (0, 0));
         assert_eq!(two.in_flight(), (0, 1), "kept as a ghost");
         let verdict = admit(&c2, &deployment("b", 1, 60), false).await;
         assert!(

@@ -203,6 +203,8 @@ pub async fn ledger(client: Client, state: Arc<ClusterState>, namespace: String,
                 if !listed {
                     state.clear_ledger();
                 }
+                // A list, not the watch: entries may have come and gone unseen.
+                state.hold_commits();
                 state.mark_synced(Cache::Ledger);
             }
             Event::Apply(cm) => state.set_ledger(Ledger::from_configmap(&cm)),

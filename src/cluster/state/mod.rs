@@ -4,7 +4,9 @@
 //! workload holds when the ledger has none (objects admitted before the ledger existed).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use super::convert::{Held, StoredObject};
 use super::ledger::{self, Entry, Ledger};
@@ -75,7 +77,7 @@ pub struct NamespaceLabels {
 
 /// How long an admission of an object made by a built-in controller waits for the cache to show
 /// that controller: its watch event usually trails the controller's own by milliseconds.
-pub const OWNER_WAIT: std::time::Duration = std::time::Duration::from_millis(1500);
+pub const OWNER_WAIT: Duration = Duration::from_millis(1500);
 
 /// More changes than this at once (a relist, a new ledger) refresh every gauge in one pass.
 const BULK_CHANGES: usize = 32;
@@ -88,6 +90,11 @@ pub struct ClusterState {
     inner: Mutex<Inner>,
     /// Woken whenever the owners the cache knows change.
     owners_changed: tokio::sync::Notify,
+    /// Woken whenever the ledger reading changes.
+    ledger_changed: tokio::sync::Notify,
+    /// Until when (ms since the epoch) commits wait: the ledger was read other than through its
+    /// watch, so entries may have left unseen (`ledger::RELIST_HOLD`).
+    commits_held_until_ms: AtomicU64,
     /// The caches readiness waits for.
     required: Vec<Cache>,
     metrics: Arc<Metrics>,
@@ -204,6 +211,8 @@ impl ClusterState {
         ClusterState {
             required,
             owners_changed: tokio::sync::Notify::new(),
+            ledger_changed: tokio::sync::Notify::new(),
+            commits_held_until_ms: AtomicU64::new(0),
             inner: Mutex::new(Inner {
                 policy: Arc::new(policy),
                 stored: HashMap::new(),
@@ -328,11 +337,7 @@ impl ClusterState {
 
     /// Waits up to `wait` until `ready` holds of the view, re-checking whenever the owners change:
     /// an object a controller just made may reach gpushare before the watch event of its controller.
-    pub async fn wait_for_owner(
-        &self,
-        wait: std::time::Duration,
-        ready: impl Fn(&Inventory) -> bool,
-    ) {
+    pub async fn wait_for_owner(&self, wait: Duration, ready: impl Fn(&Inventory) -> bool) {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let changed = self.owners_changed.notified();
@@ -524,6 +529,39 @@ impl ClusterState {
         inner.ledger = ledger;
         let changes = inner.refresh_claims(keys);
         self.publish_changes(&mut inner, changes);
+        drop(inner);
+        self.ledger_changed.notify_waiters();
+    }
+
+    /// Waits up to `wait` for a ledger reading other than `version` (the one a write conflicted
+    /// on): the watch delivers every version, so no entry goes by unseen. False if none came.
+    pub async fn ledger_moved_from(&self, version: &Option<String>, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let changed = self.ledger_changed.notified();
+            if self.lock().ledger.resource_version != *version {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// The ledger was read other than through its watch (a relist, or a read after the watch
+    /// fell behind): commits wait `ledger::RELIST_HOLD`, while the caches catch up with the stored
+    /// workloads of entries that may have left unseen.
+    pub fn hold_commits(&self) {
+        let until = ledger::now_ms() + ledger::RELIST_HOLD.as_millis() as u64;
+        self.commits_held_until_ms
+            .fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// How much longer commits wait, if they do.
+    pub fn commits_held_for(&self) -> Option<Duration> {
+        let until = self.commits_held_until_ms.load(Ordering::Relaxed);
+        let left = until.saturating_sub(ledger::now_ms());
+        (left > 0).then(|| Duration::from_millis(left))
     }
 
     /// The keys of ledger entries gpushare cannot read.
@@ -563,6 +601,8 @@ impl ClusterState {
         inner.ledger = Ledger::default();
         let changes = inner.refresh_claims(keys);
         self.publish_changes(&mut inner, changes);
+        drop(inner);
+        self.ledger_changed.notify_waiters();
     }
 
     pub fn ledger_version(&self) -> Option<String> {
