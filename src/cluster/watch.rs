@@ -212,7 +212,9 @@ pub async fn ledger(client: Client, state: Arc<ClusterState>, namespace: String,
                 tracing::warn!(
                     "the ledger ConfigMap was deleted; the next commitment creates it again"
                 );
+                // Its entries are gone: their stored workloads get the hold to reach the caches.
                 state.clear_ledger();
+                state.hold_commits();
             }
         }
     }
