@@ -215,17 +215,23 @@ pub fn patch_data(changes: &[ClaimChange], written_ms: u64) -> Map<String, Value
 pub const RELIST_HOLD: Duration = Duration::from_secs(2);
 
 /// The entries the ledger no longer needs (`stored`: the claim a cached workload holds): those
-/// a stored workload shows, and those older than `GRACE` (never stored, deleted
-/// since, or stored otherwise: the stored object counts from then on). Nothing is ever added here.
+/// at least `min_age` old that a stored workload shows, and those older than `GRACE` (never
+/// stored, deleted since, or stored otherwise: the stored object counts from then on). Nothing is
+/// ever added here.
 pub fn reconcile<'a>(
     ledger: &Ledger,
     stored: impl Fn(&WorkloadKey) -> Option<&'a Claim>,
     now_ms: u64,
+    min_age: Duration,
 ) -> Vec<ClaimChange> {
+    let old_enough =
+        |entry: &Entry| now_ms.saturating_sub(entry.written_ms) >= min_age.as_millis() as u64;
     let mut keys: Vec<WorkloadKey> = ledger
         .entries
         .iter()
-        .filter(|(key, entry)| stored(key) == Some(&entry.claim) || is_expired(entry, now_ms))
+        .filter(|(key, entry)| {
+            (stored(key) == Some(&entry.claim) && old_enough(entry)) || is_expired(entry, now_ms)
+        })
         .map(|(key, _)| key.clone())
         .collect();
     keys.sort();
@@ -328,11 +334,11 @@ mod tests {
         let ledger = ledger(&[(unstored.clone(), 10_000)]);
         let stored: HashMap<WorkloadKey, Claim> = HashMap::new();
         assert!(
-            reconcile(&ledger, |k| stored.get(k), 10_000 + 4_999).is_empty(),
+            reconcile(&ledger, |k| stored.get(k), 10_000 + 4_999, Duration::ZERO).is_empty(),
             "still in grace"
         );
         assert_eq!(
-            reconcile(&ledger, |k| stored.get(k), 10_000 + 5_000),
+            reconcile(&ledger, |k| stored.get(k), 10_000 + 5_000, Duration::ZERO),
             vec![ClaimChange::Free(unstored.key)]
         );
     }
@@ -348,13 +354,21 @@ mod tests {
             .into_iter()
             .map(|c| (c.key.clone(), c.clone()))
             .collect();
+        assert!(
+            reconcile(&ledger, |k| stored.get(k), 9_500, RECONCILE_PERIOD).is_empty(),
+            "the housekeeping leaves a young entry to the next commit"
+        );
         assert_eq!(
-            reconcile(&ledger, |k| stored.get(k), 9_000),
+            reconcile(&ledger, |k| stored.get(k), 10_000, RECONCILE_PERIOD),
+            vec![ClaimChange::Free(shown.key.clone())]
+        );
+        assert_eq!(
+            reconcile(&ledger, |k| stored.get(k), 9_000, Duration::ZERO),
             vec![ClaimChange::Free(shown.key.clone())],
             "the shown entry leaves; the pending one waits for its stored object; no stored claim is copied in"
         );
         assert_eq!(
-            reconcile(&ledger, |k| stored.get(k), 60_000).len(),
+            reconcile(&ledger, |k| stored.get(k), 60_000, Duration::ZERO).len(),
             2,
             "after GRACE the stored object counts, whatever it shows"
         );
@@ -366,7 +380,7 @@ mod tests {
         let moved = claim("m", 1, 1, 20);
         let ledger = ledger(&[(moved, 9_000)]);
         let stored: HashMap<_, _> = [(claim("m", 0, 1, 20).key, claim("m", 0, 1, 20))].into();
-        assert!(reconcile(&ledger, |k| stored.get(k), 10_000).is_empty());
+        assert!(reconcile(&ledger, |k| stored.get(k), 10_000, Duration::ZERO).is_empty());
     }
 
     #[test]

@@ -619,10 +619,11 @@ impl ClusterState {
         }
     }
 
-    /// What the ledger must change to match the stored workloads.
-    pub fn reconcile_edits(&self, now_ms: u64) -> Vec<ClaimChange> {
+    /// What the ledger must change to match the stored workloads (entries shown stored leave
+    /// once `min_age` old).
+    pub fn reconcile_edits(&self, now_ms: u64, min_age: Duration) -> Vec<ClaimChange> {
         let inner = self.lock();
-        ledger::reconcile(&inner.ledger, |key| inner.held(key), now_ms)
+        ledger::reconcile(&inner.ledger, |key| inner.held(key), now_ms, min_age)
     }
 
     /// Runs `read` on the policy and the view with `pending` applied, and returns the ledger
