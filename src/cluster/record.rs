@@ -200,8 +200,8 @@ impl LedgerRecord {
     async fn catch_up(&self, version: &Option<String>) {
         if !self.state.ledger_moved_from(version, CATCH_UP).await {
             tracing::debug!("the ledger watch is behind; reading the ledger");
-            self.refresh().await;
             self.state.hold_commits();
+            self.refresh().await;
         }
     }
 
