@@ -5,6 +5,7 @@
 //! entries the stored workloads now show.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -152,7 +153,7 @@ use super::ledger::now_ms;
 
 /// How long a replica whose write conflicted waits for its ledger watch to show what moved on
 /// before it reads the ledger from the API server instead.
-const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(1);
+const CATCH_UP: Duration = Duration::from_secs(1);
 
 /// The ledger in the API server, with the caches of one replica.
 pub struct LedgerRecord {
@@ -292,10 +293,7 @@ impl Record for LedgerRecord {
             // The housekeeping rides along: entries the stored workloads now show leave with this
             // write rather than a write of their own (a batch's own changes win over it).
             let mut data = match self.state.is_synced() {
-                true => ledger::patch_data(
-                    &self.state.reconcile_edits(now, std::time::Duration::ZERO),
-                    now,
-                ),
+                true => ledger::patch_data(&self.state.reconcile_edits(now, Duration::ZERO), now),
                 false => Map::new(),
             };
             data.extend(ledger::patch_data(changes, now));
@@ -338,7 +336,6 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use std::time::Duration;
 
     use crate::cluster::state::tests::{deployment, state};
     use crate::cluster::state::Cache;
