@@ -193,29 +193,34 @@ pub async fn ledger(client: Client, state: Arc<ClusterState>, namespace: String,
     );
     let mut events = std::pin::pin!(events);
     while let Some(event) = events.next().await {
-        match event {
-            Event::Init => listed = false,
-            Event::InitApply(cm) => {
-                listed = true;
-                state.set_ledger(Ledger::from_configmap(&cm));
-            }
-            Event::InitDone => {
-                if !listed {
-                    state.clear_ledger();
-                }
-                // A list, not the watch: entries may have come and gone unseen.
-                state.hold_commits();
-                state.mark_synced(Cache::Ledger);
-            }
-            Event::Apply(cm) => state.set_ledger(Ledger::from_configmap(&cm)),
-            Event::Delete(_) => {
-                tracing::warn!(
-                    "the ledger ConfigMap was deleted; the next commitment creates it again"
-                );
-                // Its entries are gone: their stored workloads get the hold to reach the caches.
+        on_ledger_event(&state, event, &mut listed);
+    }
+}
+
+/// One event of the ledger's watch. A reading that did not come through the watch (its list, or
+/// the ConfigMap gone) may have skipped entries, so commits wait for the caches
+/// (`ClusterState::hold_commits`).
+fn on_ledger_event(state: &ClusterState, event: Event<ConfigMap>, listed: &mut bool) {
+    match event {
+        Event::Init => *listed = false,
+        Event::InitApply(cm) => {
+            *listed = true;
+            state.set_ledger(Ledger::from_configmap(&cm));
+        }
+        Event::InitDone => {
+            if !*listed {
                 state.clear_ledger();
-                state.hold_commits();
             }
+            state.hold_commits();
+            state.mark_synced(Cache::Ledger);
+        }
+        Event::Apply(cm) => state.set_ledger(Ledger::from_configmap(&cm)),
+        Event::Delete(_) => {
+            tracing::warn!(
+                "the ledger ConfigMap was deleted; the next commitment creates it again"
+            );
+            state.clear_ledger();
+            state.hold_commits();
         }
     }
 }
@@ -325,5 +330,42 @@ fn truncate(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
         Some((i, _)) => format!("{}…", &text[..i]),
         None => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::state::tests::state;
+
+    fn ledger_at(version: &str) -> ConfigMap {
+        let mut cm = ConfigMap::default();
+        cm.metadata.resource_version = Some(version.into());
+        cm
+    }
+
+    #[test]
+    fn commits_wait_after_a_list_or_a_deleted_ledger_but_not_after_a_watch_event() {
+        let mut listed = false;
+        let watched = state(1);
+        on_ledger_event(&watched, Event::Apply(ledger_at("5")), &mut listed);
+        assert!(watched.commits_held_for().is_none(), "every version seen");
+
+        let relisted = state(1);
+        for event in [
+            Event::Init,
+            Event::InitApply(ledger_at("9")),
+            Event::InitDone,
+        ] {
+            on_ledger_event(&relisted, event, &mut listed);
+        }
+        assert!(
+            relisted.commits_held_for().is_some(),
+            "a list may skip entries"
+        );
+
+        let deleted = state(1);
+        on_ledger_event(&deleted, Event::Delete(ledger_at("9")), &mut listed);
+        assert!(deleted.commits_held_for().is_some(), "its entries are gone");
     }
 }
