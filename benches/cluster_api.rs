@@ -7,6 +7,11 @@
 //! called for, gpushare's RSS and its CPU per created workload (every watch event it causes
 //! included). Nothing here runs in `make test` or CI.
 //!
+//! Beside them, what any design that records a commitment in the API server before it answers
+//! (CONTRACT 6a) pays on this machine: the latency of a bare write of a small ConfigMap by this
+//! bench, under the creators' load and between the serial creates, and what the webhook call alone
+//! adds (the same create as a dry run, which gpushare reviews but records nothing for).
+//!
 //! Knobs: CLUSTER_API_SIZES (default `100,2000,20000`), CLUSTER_API_CONCURRENCY (default 8),
 //! CLUSTER_API_OVERHEAD (creates per overhead sample, default 300).
 
@@ -20,7 +25,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::{json, Value};
 
@@ -28,6 +33,8 @@ const NODES: usize = 100;
 const NAMESPACE: &str = "bench-cluster";
 const OVERHEAD: &str = "bench-overhead";
 const BASELINE: &str = "bench-baseline";
+/// The bench's own ConfigMap for bare writes, in the baseline namespace.
+const PROBE: &str = "bench-write-probe";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -188,30 +195,83 @@ fn now_rfc3339(env: &BTreeMap<String, String>) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// What the serial creates measured, each list in the order of the creates.
+struct Serial {
+    /// Client-side create latency with gpushare, and the same create where no webhook is called.
+    managed: Vec<Duration>,
+    baseline: Vec<Duration>,
+    /// The same pair as dry runs: gpushare reviews them but records nothing.
+    managed_dry_run: Vec<Duration>,
+    baseline_dry_run: Vec<Duration>,
+    /// A bare write of a small ConfigMap between the creates.
+    bare_write: Vec<Duration>,
+}
+
 /// Creates `count` managed Deployments one at a time, each followed by the same create where no
 /// webhook is called, so both see the same background (the controllers working on the last
-/// ones): the client-side latency of each, with gpushare and without.
+/// ones). Before each pair, the same pair as dry runs; after it, one bare write.
 async fn serial_creates(
     client: &Client,
+    probe: &Api<ConfigMap>,
     base: usize,
     count: usize,
-) -> (Vec<Duration>, Vec<Duration>) {
+) -> Serial {
     let with: Api<Deployment> = Api::namespaced(client.clone(), OVERHEAD);
     let without: Api<Deployment> = Api::namespaced(client.clone(), BASELINE);
-    let (mut managed, mut baseline) = (Vec::with_capacity(count), Vec::with_capacity(count));
+    let mut serial = Serial {
+        managed: Vec::with_capacity(count),
+        baseline: Vec::with_capacity(count),
+        managed_dry_run: Vec::with_capacity(count),
+        baseline_dry_run: Vec::with_capacity(count),
+        bare_write: Vec::with_capacity(count),
+    };
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
     for i in base..base + count {
-        for (api, namespace, latencies) in [
-            (&with, OVERHEAD, &mut managed),
-            (&without, BASELINE, &mut baseline),
+        for (params, managed, baseline) in [
+            (
+                &dry_run,
+                &mut serial.managed_dry_run,
+                &mut serial.baseline_dry_run,
+            ),
+            (
+                &PostParams::default(),
+                &mut serial.managed,
+                &mut serial.baseline,
+            ),
         ] {
-            let started = Instant::now();
-            api.create(&PostParams::default(), &deployment(i, namespace))
-                .await
-                .expect("create");
-            latencies.push(started.elapsed());
+            for (api, namespace, latencies) in
+                [(&with, OVERHEAD, managed), (&without, BASELINE, baseline)]
+            {
+                let started = Instant::now();
+                api.create(params, &deployment(i, namespace))
+                    .await
+                    .expect("create");
+                latencies.push(started.elapsed());
+            }
         }
+        serial.bare_write.push(bare_write(probe, i).await);
     }
-    (managed, baseline)
+    serial
+}
+
+/// One merge patch of the bench's own small ConfigMap, with no precondition: the least a
+/// synchronous record in the API server costs.
+async fn bare_write(probe: &Api<ConfigMap>, n: usize) -> Duration {
+    let patch = Patch::Merge(json!({"data": {"n": n.to_string()}}));
+    let started = Instant::now();
+    probe
+        .patch(PROBE, &PatchParams::default(), &patch)
+        .await
+        .expect("a bare write");
+    started.elapsed()
+}
+
+/// `with` minus `without` at percentile `p`.
+fn added(with: &mut [Duration], without: &mut [Duration], p: f64) -> Duration {
+    percentile(with, p).saturating_sub(percentile(without, p))
 }
 
 struct Row {
@@ -228,6 +288,14 @@ struct Row {
     overhead_p99: Duration,
     rss_kb: u64,
     cpu_per_workload: Duration,
+    /// Bare writes every 10 ms beside the concurrent creators.
+    loaded_write_p50: Duration,
+    loaded_write_p99: Duration,
+    /// The dry-run pair: the webhook call without a commit.
+    call_p50: Duration,
+    call_p99: Duration,
+    serial_write_p50: Duration,
+    serial_write_p99: Duration,
 }
 
 #[tokio::main]
@@ -322,6 +390,14 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
+    let probe: Api<ConfigMap> = Api::namespaced(client.clone(), BASELINE);
+    let _ = probe
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": PROBE}})).expect("a ConfigMap"),
+        )
+        .await;
+
     let ledger_api: Api<ConfigMap> = Api::namespaced(client.clone(), "gpushare-system");
     let ledger_max = Arc::new(AtomicUsize::new(0));
     let sampler = {
@@ -376,15 +452,29 @@ async fn main() {
                 }
             }));
         }
+        let writing = Arc::new(AtomicUsize::new(1));
+        let writer = {
+            let (probe, writing) = (probe.clone(), writing.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while writing.load(Ordering::Relaxed) == 1 {
+                    latencies.push(bare_write(&probe, latencies.len()).await);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                latencies
+            })
+        };
         for task in tasks {
             task.await.expect("a creator");
         }
+        writing.store(0, Ordering::Relaxed);
+        let mut loaded_writes = writer.await.expect("the bare writer");
         created = size;
         // Let the watches and the reconcile settle before reading the process figures.
         tokio::time::sleep(Duration::from_secs(5)).await;
         let (rss_kb, cpu_after) = usage();
         // The overhead: the same serial creates with gpushare, and where no webhook is called.
-        let (with, without) = serial_creates(&client, overhead_base, overhead).await;
+        let mut serial = serial_creates(&client, &probe, overhead_base, overhead).await;
         overhead_base += overhead;
         let commits = commits(&env, &since);
         let mut commit_times: Vec<Duration> = commits.iter().map(|c| c.latency).collect();
@@ -395,7 +485,6 @@ async fn main() {
             .collect();
         let conflicts: u64 = commits.iter().map(|c| c.conflicts).sum();
         let mut latencies = latencies.lock().unwrap().clone();
-        let (mut with, mut without) = (with, without);
         let row = Row {
             size,
             commit_p50: percentile(&mut commit_times, 0.5),
@@ -405,9 +494,22 @@ async fn main() {
             serial_commit_p50: percentile(&mut serial_times, 0.5),
             create_p50: percentile(&mut latencies, 0.5),
             create_p99: percentile(&mut latencies, 0.99),
-            overhead_p50: percentile(&mut with, 0.5).saturating_sub(percentile(&mut without, 0.5)),
-            overhead_p99: percentile(&mut with, 0.99)
-                .saturating_sub(percentile(&mut without, 0.99)),
+            overhead_p50: added(&mut serial.managed, &mut serial.baseline, 0.5),
+            overhead_p99: added(&mut serial.managed, &mut serial.baseline, 0.99),
+            loaded_write_p50: percentile(&mut loaded_writes, 0.5),
+            loaded_write_p99: percentile(&mut loaded_writes, 0.99),
+            call_p50: added(
+                &mut serial.managed_dry_run,
+                &mut serial.baseline_dry_run,
+                0.5,
+            ),
+            call_p99: added(
+                &mut serial.managed_dry_run,
+                &mut serial.baseline_dry_run,
+                0.99,
+            ),
+            serial_write_p50: percentile(&mut serial.bare_write, 0.5),
+            serial_write_p99: percentile(&mut serial.bare_write, 0.99),
             rss_kb,
             cpu_per_workload: Duration::from_secs_f64(
                 (cpu_after - cpu_before).max(0.0) / step.max(1) as f64,
@@ -443,6 +545,27 @@ async fn main() {
             r.serial_commit_p50.as_secs_f64() * 1e3,
             r.rss_kb as f64 / 1024.0,
             r.cpu_per_workload.as_secs_f64() * 1e3,
+        ));
+    }
+    table.push_str(
+        "\nWhat a synchronous record costs here: bare writes of a small ConfigMap by the bench (under the creators' load, every 10 ms; and between the serial creates), and the webhook call without a commit (the serial pair as dry runs).\n\n\
+         | managed workloads | commit p99 | bare write under load p50 | bare write under load p99 | gpushare adds p50 | gpushare adds p99 | webhook call (dry run) adds p50 | webhook call (dry run) adds p99 | serial commit p50 | serial bare write p50 | serial bare write p99 |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    for r in &rows {
+        table.push_str(&format!(
+            "| {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.2} ms | {:.2} ms | {:.2} ms |\n",
+            r.size,
+            ms(r.commit_p99),
+            ms(r.loaded_write_p50),
+            ms(r.loaded_write_p99),
+            ms(r.overhead_p50),
+            ms(r.overhead_p99),
+            ms(r.call_p50),
+            ms(r.call_p99),
+            ms(r.serial_commit_p50),
+            ms(r.serial_write_p50),
+            ms(r.serial_write_p99),
         ));
     }
     println!("{table}");
