@@ -115,11 +115,21 @@ IMAGE_ARCHIVE ?= target/image/gpushare.oci.tar
 IMAGE_TARGET := x86_64-unknown-linux-gnu
 IMAGE_BIN := target/$(IMAGE_TARGET)/release/gpushare
 
-.PHONY: image
-image:
+.PHONY: image image-bin layout
+image: image-bin
+	bash tests/tools/image/build.sh gpushare $(IMAGE_BIN) $(IMAGE) $(IMAGE_ARCHIVE)
+
+image-bin:
 	RUSTFLAGS='-C target-feature=+crt-static' CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=debuginfo \
 	  $(CARGO) build --locked --release --target $(IMAGE_TARGET) --bin gpushare
-	bash tests/tools/image/build.sh gpushare $(IMAGE_BIN) $(IMAGE) $(IMAGE_ARCHIVE)
+
+# Rewrites tests/tools/layout/gpushare.order, the functions a standalone server runs, which build.rs
+# has rust-lld pack together in release builds (issue 26, BENCHMARKS.md "Code layout"): callgrind
+# (valgrind, installed when missing) of the release build and of the image's. Not in CI; rerun it
+# after a toolchain or dependency update (a stale file only loses the packing).
+layout: image-bin
+	$(CARGO) build --locked --release --bin gpushare
+	bash tests/tools/layout/record.sh tests/tools/layout/gpushare.order target/release/gpushare $(IMAGE_BIN)
 
 # A real cluster on loopback (CONTRACT section 6b, docs/development.md): etcd, kube-apiserver,
 # kube-controller-manager, kube-scheduler and a kubelet of the release pinned in
