@@ -84,9 +84,9 @@ undeploy:
 # BENCH_WARMUP_SECONDS, BENCH_REQUESTS, BENCH_LEVELS, BENCH_INFO_LOG=0; BENCH_BASELINE_BIN=<an older
 # gpushare> runs it beside this build (A/B in one run); soak: BENCH_SOAK_SECONDS=300
 # BENCH_RATE=<req/s> (see BENCHMARKS.md).
-bench:
+bench: bench-bin
 	$(CARGO) bench --locked --bench review
-	$(CARGO) bench --locked --bench admission
+	BENCH_GPUSHARE_BIN=$(BENCH_BIN) $(CARGO) bench --locked --bench admission
 	$(MAKE) --no-print-directory bench-wrk
 	$(CARGO) bench --locked --bench cluster_scale
 	$(MAKE) --no-print-directory bench-cluster
@@ -94,9 +94,17 @@ bench:
 # The same servers and targets with wrk as the load generator (BENCH_LOAD_TOOL=wrk; Debian's wrk,
 # installed when missing, on core 1): one managed-mps AdmissionReview per request over HTTPS
 # keep-alive at concurrency 16 and 64; writes target/bench-results-wrk.md. Same knobs as above.
-bench-wrk:
+bench-wrk: bench-bin
 	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
-	BENCH_LOAD_TOOL=wrk $(CARGO) bench --locked --bench admission
+	BENCH_GPUSHARE_BIN=$(BENCH_BIN) BENCH_LOAD_TOOL=wrk $(CARGO) bench --locked --bench admission
+
+# The admission benches measure the release build users install, copied aside: `cargo bench`
+# relinks target/release/gpushare with the dev-dependencies' features unified in.
+BENCH_BIN := target/bench-bin/gpushare
+.PHONY: bench-bin
+bench-bin:
+	$(CARGO) build --locked --release --bin gpushare
+	mkdir -p $(dir $(BENCH_BIN)) && cp target/release/gpushare $(BENCH_BIN)
 
 # The ledger and commits through the real kube-apiserver and etcd: gpushare's release image, 2
 # replicas (`make cluster IN_CLUSTER=1`), 100 / 2,000 / 20,000 managed workloads over 100 nodes.

@@ -7,8 +7,8 @@
 //! called for, gpushare's RSS and its CPU per created workload (every watch event it causes
 //! included). Nothing here runs in `make test` or CI.
 //!
-//! Beside them, what any design that records a commitment in the API server before it answers
-//! (CONTRACT 6a) pays on this machine: the latency of a bare write of a small ConfigMap by this
+//! Beside them, what any webhook that records a commitment in the API server before it answers
+//! pays on this machine: the latency of a bare write of a small ConfigMap by this
 //! bench, under the creators' load and between the serial creates, and what the webhook call alone
 //! adds (the same create as a dry run, which gpushare reviews but records nothing for).
 //!

@@ -161,7 +161,12 @@ pub struct Workspace {
 impl Workspace {
     pub fn new() -> Workspace {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let gpushare = PathBuf::from(env!("CARGO_BIN_EXE_gpushare"));
+        // `make bench` measures the build users install (`cargo build --release`, copied aside
+        // as BENCH_GPUSHARE_BIN): the bench's own build has the dev-dependencies' features
+        // unified in, so its symbols differ from those the code layout names (build.rs).
+        let gpushare = std::env::var_os("BENCH_GPUSHARE_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_gpushare")));
         let certs = dir.path().join("certs");
         let output = Command::new(&gpushare)
             .arg("certs")
