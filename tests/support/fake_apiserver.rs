@@ -133,6 +133,9 @@ use tokio::{
 pub struct FakeApiServer {
     shared: Arc<Shared>,
     task: Mutex<Option<JoinHandle<()>>>,
+    /// While stopped, the port stays bound but not listening: connections are refused, as by a
+    /// server that is down, and no other test's listener or client can take the port meanwhile.
+    reserved: Mutex<Option<TcpSocket>>,
 }
 
 impl Default for FakeApiServer {
@@ -158,6 +161,7 @@ impl FakeApiServer {
                 addr: Mutex::new(None),
             }),
             task: Mutex::new(None),
+            reserved: Mutex::new(None),
         };
         // The namespaces every cluster has, as a real API server creates them.
         for namespace in ["default", "kube-system", "gpushare-system"] {
@@ -177,19 +181,16 @@ impl FakeApiServer {
     }
 
     /// Start serving the current state on `addr` (port 0 picks a free port). Stops first if running.
-    /// Retries binding for up to 10 s (the previous listener's port may take a moment to free).
+    /// Listens on the port [`FakeApiServer::stop`] kept when `addr` is that port; otherwise retries
+    /// binding for up to 10 s (the previous listener's port may take a moment to free).
     pub async fn start_on(&self, addr: SocketAddr) {
         self.stop().await;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        let listener = loop {
-            match bind(addr) {
-                Ok(l) => break l,
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => panic!("fake apiserver: cannot bind {addr}: {e}"),
-            }
+        let reserved = self.reserved.lock().unwrap().take();
+        let listener = match reserved.filter(|socket| socket.local_addr().ok() == Some(addr)) {
+            Some(socket) => socket
+                .listen(1024)
+                .expect("fake apiserver: listen on its kept port"),
+            None => bind_within(addr, Duration::from_secs(10)).await,
         };
         let bound = listener.local_addr().expect("local_addr");
         *self.shared.addr.lock().unwrap() = Some(bound);
@@ -207,6 +208,8 @@ impl FakeApiServer {
         if let Some(task) = task {
             task.abort();
             let _ = task.await;
+            let addr = *self.shared.addr.lock().unwrap();
+            *self.reserved.lock().unwrap() = addr.and_then(|addr| reserve(addr).ok());
         }
     }
 
@@ -419,6 +422,11 @@ pub async fn client_from_kubeconfig(path: &Path) -> kube::Client {
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    reserve(addr)?.listen(1024)
+}
+
+/// A socket bound to `addr`, not listening yet.
+fn reserve(addr: SocketAddr) -> std::io::Result<TcpSocket> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -426,7 +434,21 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    socket.listen(1024)
+    Ok(socket)
+}
+
+/// Binds `addr`, retrying while it is taken for up to `patience`.
+async fn bind_within(addr: SocketAddr, patience: Duration) -> TcpListener {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        match bind(addr) {
+            Ok(listener) => return listener,
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("fake apiserver: cannot bind {addr}: {e}"),
+        }
+    }
 }
 
 /// Accept loop. Every connection runs in `conns`, so aborting this task (dropping the JoinSet) cuts them all.
