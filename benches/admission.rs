@@ -28,6 +28,8 @@ use std::time::Duration;
 mod ceiling;
 #[path = "admission/cpu.rs"]
 mod cpu;
+#[path = "admission/layout.rs"]
+mod layout;
 #[path = "admission/load.rs"]
 mod load;
 #[path = "admission/process.rs"]
@@ -267,6 +269,8 @@ struct Run {
     info: Vec<LevelResult>,
     info_log_bytes: u64,
     info_total: u64,
+    /// How much of the code layout the measured binary matches (`layout::coverage`).
+    layout: Option<(usize, usize)>,
 }
 
 impl Run {
@@ -423,6 +427,7 @@ async fn run(config: &Config, pinned: bool) -> u64 {
         info,
         info_log_bytes,
         info_total,
+        layout: layout::coverage(&process::measured_binary()),
     };
     finish(&run, config, "bench-results.md")
 }

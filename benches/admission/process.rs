@@ -153,6 +153,15 @@ fn listening_address(line: &str) -> Option<SocketAddr> {
         .ok()
 }
 
+/// The gpushare binary measured: `make bench` passes the build users install (`cargo build
+/// --release`, copied aside) as BENCH_GPUSHARE_BIN, since the bench's own build has the
+/// dev-dependencies' features unified in and so other symbols than the code layout names.
+pub fn measured_binary() -> PathBuf {
+    std::env::var_os("BENCH_GPUSHARE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_gpushare")))
+}
+
 pub struct Workspace {
     dir: tempfile::TempDir,
     gpushare: PathBuf,
@@ -161,12 +170,7 @@ pub struct Workspace {
 impl Workspace {
     pub fn new() -> Workspace {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        // `make bench` measures the build users install (`cargo build --release`, copied aside
-        // as BENCH_GPUSHARE_BIN): the bench's own build has the dev-dependencies' features
-        // unified in, so its symbols differ from those the code layout names (build.rs).
-        let gpushare = std::env::var_os("BENCH_GPUSHARE_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_gpushare")));
+        let gpushare = measured_binary();
         let certs = dir.path().join("certs");
         let output = Command::new(&gpushare)
             .arg("certs")

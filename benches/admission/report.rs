@@ -398,7 +398,7 @@ pub fn render(run: &Run, config: &Config) -> Report {
             mib(rss),
         ]);
     }
-    sections.push(("Memory".into(), memory, String::new()));
+    sections.push(("Memory".into(), memory, crate::layout::note(run.layout)));
 
     if let (Some(bin), Some(baseline)) = (&config.baseline, &run.baseline) {
         let (table, note) = against_baseline(&run.gpushare, baseline);

@@ -138,6 +138,7 @@ pub async fn run(config: &Config, pinned: bool) -> u64 {
         info: Vec::new(),
         info_log_bytes: 0,
         info_total: 0,
+        layout: crate::layout::coverage(&crate::process::measured_binary()),
     };
     finish(&run, config, "bench-results-wrk.md")
 }
