@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -452,12 +452,12 @@ async fn main() {
                 }
             }));
         }
-        let writing = Arc::new(AtomicUsize::new(1));
+        let writing = Arc::new(AtomicBool::new(true));
         let writer = {
             let (probe, writing) = (probe.clone(), writing.clone());
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
-                while writing.load(Ordering::Relaxed) == 1 {
+                while writing.load(Ordering::Relaxed) {
                     latencies.push(bare_write(&probe, latencies.len()).await);
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
@@ -467,7 +467,7 @@ async fn main() {
         for task in tasks {
             task.await.expect("a creator");
         }
-        writing.store(0, Ordering::Relaxed);
+        writing.store(false, Ordering::Relaxed);
         let mut loaded_writes = writer.await.expect("the bare writer");
         created = size;
         // Let the watches and the reconcile settle before reading the process figures.
