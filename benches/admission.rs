@@ -2,7 +2,9 @@
 //! to a ceiling (a bare axum + rustls endpoint in this same binary) measured in the same run, so
 //! the figures say how much of this machine's HTTPS budget the webhook itself spends.
 //!
-//! The server runs on core 0 and this load generator on core 1 (`taskset`). Knobs, all optional:
+//! The server runs on core 0 and this load generator on core 1 (`taskset`). Each server starts cold,
+//! from its own copy of its binary dropped from the page cache, so that peak RSS does not depend on
+//! how the file came into the cache. Knobs, all optional:
 //! `BENCH_SECONDS` (measured seconds per level, default 10), `BENCH_WARMUP_SECONDS` (2),
 //! `BENCH_REQUESTS` (a fixed number of measured requests per level instead of a duration),
 //! `BENCH_LEVELS` (`1,16,64`), `BENCH_MIN_TOTAL` (100000 requests to gpushare before its RSS is

@@ -211,6 +211,7 @@ impl Workspace {
     }
 
     fn start_build(&self, name: &str, bin: &Path, rust_log: &str, pin: bool) -> Server {
+        let bin = &self.cold_copy(name, bin);
         let cert = self.cert();
         let key = self.key();
         let policy = self.path("policy.yaml");
@@ -244,7 +245,10 @@ impl Workspace {
     }
 
     pub fn start_ceiling(&self, pin: bool) -> Server {
-        let exe = std::env::current_exe().expect("the bench knows its own path");
+        let exe = self.cold_copy(
+            "ceiling",
+            &std::env::current_exe().expect("the bench knows its own path"),
+        );
         let cert = self.cert();
         let key = self.key();
         Server::start(
@@ -259,6 +263,28 @@ impl Workspace {
             self.path("ceiling.log"),
             pin,
         )
+    }
+
+    /// A copy of `bin` for the server `name`, out of the page cache, so that every server starts
+    /// cold, as after a node restarts. Peak RSS depends on it: the kernel maps a cached file in
+    /// whole folios on the first touch, and how large those are depends on how the file came
+    /// into the cache (the linker's writes, a copy, read-ahead). The ceiling needs a copy most:
+    /// it is this bench's own executable, which the running bench keeps mapped.
+    fn cold_copy(&self, name: &str, bin: &Path) -> PathBuf {
+        let copy = self.path(&format!("{name}.bin"));
+        if !copy.exists() {
+            std::fs::copy(bin, &copy)
+                .unwrap_or_else(|e| panic!("cannot copy {} for {name}: {e}", bin.display()));
+        }
+        let file = std::fs::File::open(&copy).expect("the copy opens");
+        // Written back first: the kernel drops only clean pages.
+        file.sync_all().expect("the copy is written back");
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: a plain syscall on a file descriptor this function owns.
+        let status =
+            unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(status, 0, "posix_fadvise(DONTNEED) of {}", copy.display());
+        copy
     }
 
     pub fn tls_connector(&self) -> TlsConnector {
