@@ -131,13 +131,24 @@ image-bin:
 	RUSTFLAGS='-C target-feature=+crt-static' CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=debuginfo \
 	  $(CARGO) build --locked --release --target $(IMAGE_TARGET) --bin gpushare
 
-# Rewrites tests/tools/layout/gpushare.order, the functions a standalone server runs, which build.rs
-# has rust-lld pack together in release builds (issue 26, BENCHMARKS.md "Code layout"): callgrind
-# (valgrind, installed when missing) of the release build and of the image's. Not in CI; rerun it
-# after a toolchain or dependency update (a stale file only loses the packing).
+# Rewrites tests/tools/layout/gpushare.order, the functions and constants a standalone server
+# touches, which build.rs has rust-lld pack together in release builds (issue 26, BENCHMARKS.md
+# "Code layout"): callgrind (valgrind) of the release build and of the image's, then passes of
+# page-fault recording (perf) under the admission bench's load, relinking after each, until a pass
+# adds nothing (at most LAYOUT_PASSES). Not in CI; rerun it after a toolchain or dependency update
+# (a stale file only loses the packing).
+LAYOUT_PASSES ?= 10
+ORDER := tests/tools/layout/gpushare.order
 layout: image-bin
 	$(CARGO) build --locked --release --bin gpushare
-	bash tests/tools/layout/record.sh tests/tools/layout/gpushare.order target/release/gpushare $(IMAGE_BIN)
+	bash tests/tools/layout/record.sh $(ORDER) target/release/gpushare $(IMAGE_BIN)
+	for pass in $$(seq 1 $(LAYOUT_PASSES)); do \
+	  $(CARGO) build --locked --release --bin gpushare || exit 1; \
+	  $(MAKE) --no-print-directory image-bin || exit 1; \
+	  added=$$(bash tests/tools/layout/faults.sh $(ORDER) $(CURDIR)/target/release/gpushare $(CURDIR)/$(IMAGE_BIN) | tail -1) || exit 1; \
+	  echo "layout pass $$pass: $$added names added"; \
+	  if [ "$$added" = 0 ]; then break; fi; \
+	done
 
 # A real cluster on loopback (CONTRACT section 6b, docs/development.md): etcd, kube-apiserver,
 # kube-controller-manager, kube-scheduler and a kubelet of the release pinned in

@@ -17,35 +17,17 @@ here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d)
 trap 'pkill -f "callgrind.*$work" 2>/dev/null || true; rm -rf "$work"' EXIT
 command -v valgrind >/dev/null || { apt-get update -q && apt-get install -y -q valgrind; }
-command -v wrk >/dev/null || { apt-get update -q && apt-get install -y -q wrk; }
+. "$here/serve.sh"
 
-first=$1
-"$first" certs --out "$work/certs" >/dev/null
-printf 'gpuModes:\n  "1": mps\n' > "$work/policy.yaml"
-python3 "$here/reviews.py" "$work"
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+prepare "$1"
+run=0
 # Each binary twice: with the default log filter (a cluster's) and with the admission bench's.
 for bin in "$@"; do
   for filter in info warn,gpushare::cli::commands=info; do
-    https=$(port); health=$(port)
-    RUST_LOG=$filter valgrind --tool=callgrind --demangle=no --dump-instr=no \
-      --callgrind-out-file="$work/callgrind.$(basename "$bin").$https" \
-      "$bin" serve --standalone --gpus 2 --policy "$work/policy.yaml" \
-      --listen "127.0.0.1:$https" --health-listen "127.0.0.1:$health" \
-      --tls-cert "$work/certs/tls.crt" --tls-key "$work/certs/tls.key" > "$work/serve.log" 2>&1 &
-    server=$!
-    for _ in $(seq 1 300); do
-      curl -skf "https://127.0.0.1:$https/healthz" >/dev/null && break
-      sleep 0.5
-    done
-    curl -sf "http://127.0.0.1:$health/readyz" >/dev/null
-    wrk -t2 -c16 -d20s -s "$work/reviews.lua" "https://127.0.0.1:$https/mutate" | grep "requests in"
-    curl -sk -XPOST -H 'Content-Type: application/json' --data '{"request":' \
-      "https://127.0.0.1:$https/mutate" >/dev/null
-    curl -sf "http://127.0.0.1:$health/metrics" >/dev/null
-    kill -TERM "$server"
-    wait "$server" || true
+    run=$((run + 1))
+    serve "$filter" "$bin" valgrind --tool=callgrind --demangle=no --dump-instr=no \
+      --callgrind-out-file="$work/callgrind.$run"
+    drive 20 16
   done
 done
 python3 "$here/order.py" "$work"/callgrind.* > "$out"
