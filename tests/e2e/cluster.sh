@@ -165,7 +165,27 @@ start_kwok() {
   done
 }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# A free port below the kernel's ephemeral range. The ports are chosen when the cluster is made and
+# bound minutes later; a port from that range (what binding port 0 gives) can meanwhile become the
+# local end of any outgoing connection, a client of the API server's, and the component that owns
+# it fails with "address already in use" (a kubelet's healthz port did, in CI).
+free_port() {
+  python3 - <<'PY'
+import random, socket
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+candidates = random.sample(range(10000, low), min(1000, low - 10000)) if low > 10000 else []
+for port in candidates + [0]:
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+        print(s.getsockname()[1])
+        break
+    except OSError:
+        continue
+    finally:
+        s.close()
+PY
+}
 
 alive() { [[ -f $DIR/$1.pid ]] && kill -0 "$(cat "$DIR/$1.pid")" 2>/dev/null; }
 

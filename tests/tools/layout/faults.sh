@@ -19,18 +19,16 @@ trap 'rm -rf "$work"' EXIT
 command -v perf >/dev/null || { apt-get update -q && apt-get install -y -q linux-perf; }
 . "$here/serve.sh"
 
+# The symbols one server touched, started cold.
+record_faults() {
+  python3 -c 'import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$2"
+  serve "$3" "$2" perf record -q -e page-faults -c 1 -d -o "$work/faults.$1"
+  drive 5 1 16 64 >/dev/null
+  perf script -i "$work/faults.$1" -F addr --show-mmap-events > "$work/faults.$1.txt"
+  python3 "$here/faults.py" "$2" "$work/faults.$1.txt" >> "$work/touched"
+}
 prepare "$1"
-run=0
-for bin in "$@"; do
-  for filter in info warn,gpushare::cli::commands=info; do
-    run=$((run + 1))
-    python3 -c 'import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$bin"
-    serve "$filter" "$bin" perf record -q -e page-faults -c 1 -d -o "$work/faults.$run"
-    drive 5 1 16 64 >/dev/null
-    perf script -i "$work/faults.$run" -F addr --show-mmap-events > "$work/faults.$run.txt"
-    python3 "$here/faults.py" "$bin" "$work/faults.$run.txt" >> "$work/touched"
-  done
-done
+each_server record_faults "$@"
 python3 - "$out" "$work/touched" <<'PY'
 import sys
 out, touched = sys.argv[1], sys.argv[2]

@@ -19,16 +19,13 @@ trap 'pkill -f "callgrind.*$work" 2>/dev/null || true; rm -rf "$work"' EXIT
 command -v valgrind >/dev/null || { apt-get update -q && apt-get install -y -q valgrind; }
 . "$here/serve.sh"
 
+# One callgrind profile per server.
+profile() {
+  serve "$3" "$2" valgrind --tool=callgrind --demangle=no --dump-instr=no \
+    --callgrind-out-file="$work/callgrind.$1"
+  drive 20 16
+}
 prepare "$1"
-run=0
-# Each binary twice: with the default log filter (a cluster's) and with the admission bench's.
-for bin in "$@"; do
-  for filter in info warn,gpushare::cli::commands=info; do
-    run=$((run + 1))
-    serve "$filter" "$bin" valgrind --tool=callgrind --demangle=no --dump-instr=no \
-      --callgrind-out-file="$work/callgrind.$run"
-    drive 20 16
-  done
-done
+each_server profile "$@"
 python3 "$here/order.py" "$work"/callgrind.* > "$out"
 echo "$(wc -l < "$out") functions written to $out"

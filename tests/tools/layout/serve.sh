@@ -43,3 +43,15 @@ drive() {
   kill -TERM "$server"
   wait "$server" || true
 }
+
+# each_server STEP BINARY...: for each binary, with the default log filter (a cluster's) and with
+# the admission bench's, runs `STEP RUN BINARY FILTER`, RUN counting from 1.
+each_server() {
+  local step=$1 run=0 bin filter; shift
+  for bin in "$@"; do
+    for filter in info warn,gpushare::cli::commands=info; do
+      run=$((run + 1))
+      "$step" "$run" "$bin" "$filter"
+    done
+  done
+}
