@@ -71,10 +71,10 @@ impl Assigned {
 
     /// The annotations to set, and the assigned keys to remove.
     pub fn encode(&self) -> (Vec<(&'static str, String)>, Vec<&'static str>) {
-        let mut set = vec![
-            (ASSIGNED_GPU, self.gpu.to_string()),
-            (ASSIGNED_MODE, self.share.mode().as_str().to_string()),
-        ];
+        // Room for the percentage too: no regrowth on the mps path.
+        let mut set = Vec::with_capacity(3);
+        set.push((ASSIGNED_GPU, self.gpu.to_string()));
+        set.push((ASSIGNED_MODE, self.share.mode().as_str().to_string()));
         let mut remove = Vec::new();
         match self.share.percentage() {
             Some(p) => set.push((ASSIGNED_MPS_PERCENTAGE, p.to_string())),

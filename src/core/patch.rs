@@ -19,12 +19,31 @@ pub struct PatchBuilder {
     pub warnings: Vec<String>,
 }
 
+/// `base` with `tokens` appended, each escaped (RFC 6901: `~` as `~0`, `/` as `~1`), built in
+/// one allocation: a patch has a pointer per operation, on every managed admission.
 fn pointer(base: &str, tokens: &[&str]) -> PointerBuf {
-    let mut p = PointerBuf::parse(base).expect("base paths are built from constants");
-    for t in tokens {
-        p.push_back(*t);
+    let escapes = |t: &str| t.bytes().filter(|b| matches!(b, b'~' | b'/')).count();
+    let len = tokens
+        .iter()
+        .map(|t| 1 + t.len() + escapes(t))
+        .sum::<usize>();
+    let mut path = String::with_capacity(base.len() + len);
+    path.push_str(base);
+    for token in tokens {
+        path.push('/');
+        let mut rest = *token;
+        while let Some(i) = rest.find(['~', '/']) {
+            path.push_str(&rest[..i]);
+            path.push_str(if rest.as_bytes()[i] == b'~' {
+                "~0"
+            } else {
+                "~1"
+            });
+            rest = &rest[i + 1..];
+        }
+        path.push_str(rest);
     }
-    p
+    PointerBuf::parse(path).expect("base paths are built from constants")
 }
 
 impl PatchBuilder {
@@ -228,6 +247,29 @@ impl PatchBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pointers_escape_their_tokens_as_jsonptr_does() {
+        let tokens = [
+            "annotations",
+            "gpushare.io/assigned-gpu",
+            "a~b/c~/",
+            "",
+            "-",
+            "~1",
+        ];
+        let mut expected = PointerBuf::parse("/spec/template/metadata").unwrap();
+        for t in tokens {
+            expected.push_back(t);
+        }
+        let built = pointer("/spec/template/metadata", &tokens);
+        assert_eq!(built, expected);
+        assert_eq!(
+            built.as_str(),
+            "/spec/template/metadata/annotations/gpushare.io~1assigned-gpu/a~0b~1c~0~1//-/~01"
+        );
+        assert_eq!(pointer("", &[]).as_str(), "");
+    }
 
     fn container(env: Value) -> Container {
         serde_json::from_value(json!({ "name": "app", "env": env })).unwrap()

@@ -2,6 +2,7 @@
 //! it: only the request fields gpushare reads are parsed (the object stays raw until needed), and
 //! the response carries the same `uid`, `allowed`, a `status` on denial, and a base64 JSON Patch.
 
+use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -139,8 +140,8 @@ pub struct ReviewResponse<'a> {
     uid: &'a str,
     allowed: bool,
     status: Option<Status<'a>>,
-    /// Base64 of the JSON Patch: nothing in it needs escaping.
-    patch: Option<String>,
+    /// The JSON Patch, as JSON: `to_json` writes its base64 straight into the answer.
+    patch: Option<Vec<u8>>,
     warnings: &'a [String],
 }
 
@@ -156,8 +157,10 @@ impl<'a> ReviewResponse<'a> {
         match verdict {
             Verdict::Allowed(m) => ReviewResponse {
                 patch: (!m.patch.is_empty()).then(|| {
-                    let json = serde_json::to_vec(&m.patch).expect("patch operations serialize");
-                    base64::engine::general_purpose::STANDARD.encode(json)
+                    // About what one operation of gpushare's takes, so the buffer seldom regrows.
+                    let mut json = Vec::with_capacity(160 * m.patch.len());
+                    serde_json::to_writer(&mut json, &m.patch).expect("patch operations serialize");
+                    json
                 }),
                 warnings: &m.warnings,
                 ..ReviewResponse::allow(uid)
@@ -187,9 +190,12 @@ impl<'a> ReviewResponse<'a> {
     /// The body of the HTTP answer, written field by field: the answer is on every admission's
     /// path, and only the uid, the message and the warnings can hold characters JSON escapes.
     pub fn to_json(&self) -> Vec<u8> {
-        let patch = self.patch.as_deref().unwrap_or("");
+        // STANDARD pads; a patch is far from the size where the length overflows.
+        let patch_len = self.patch.as_ref().map_or(0, |json| {
+            base64::encoded_len(json.len(), true).expect("a patch's base64 length fits")
+        });
         let message = self.status.as_ref().map_or("", |s| s.message);
-        let mut out = Vec::with_capacity(160 + self.uid.len() + patch.len() + message.len());
+        let mut out = Vec::with_capacity(160 + self.uid.len() + patch_len + message.len());
         out.extend_from_slice(
             br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"#,
         );
@@ -206,9 +212,14 @@ impl<'a> ReviewResponse<'a> {
             json_string(&mut out, status.message);
             out.extend_from_slice(br#","status":"Failure"}"#);
         }
-        if self.patch.is_some() {
+        if let Some(json) = &self.patch {
+            // Base64 needs no escaping in a JSON string.
             out.extend_from_slice(br#","patch":""#);
-            out.extend_from_slice(patch.as_bytes());
+            let start = out.len();
+            out.resize(start + patch_len, 0);
+            BASE64
+                .encode_slice(json, &mut out[start..])
+                .expect("the answer has room for the patch's base64");
             out.extend_from_slice(br#"","patchType":"JSONPatch""#);
         }
         if !self.warnings.is_empty() {
