@@ -86,6 +86,7 @@ undeploy:
 # BENCH_RATE=<req/s> (see BENCHMARKS.md).
 bench: bench-bin
 	$(CARGO) bench --locked --bench review
+	bash benches/review_instructions.sh
 	BENCH_GPUSHARE_BIN=$(BENCH_BIN) $(CARGO) bench --locked --bench admission
 	$(MAKE) --no-print-directory bench-wrk
 	$(CARGO) bench --locked --bench cluster_scale
