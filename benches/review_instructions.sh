@@ -19,16 +19,19 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "review" and m.get("executable"):
         print(m["executable"])')
 fi
+[ -x "$bench" ] || { echo "review_instructions.sh: no review bench executable (cargo bench --bench review --no-run failed?)" >&2; exit 1; }
 reviews=${REVIEWS:-1000}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# instructions CASE ITERATIONS: everything the child executed, start-up included.
+# instructions CASE ITERATIONS: everything the child executed, start-up included. Fails unless
+# the child reviewed CASE: a case the bench no longer has would otherwise count as 0.
 instructions() {
   REVIEW_BENCH_CHILD=warn RUST_LOG=warn NO_COLOR=1 REVIEW_BENCH_CASE=$1 \
     REVIEW_BENCH_ITERATIONS=$2 REVIEW_BENCH_BATCHES=1 \
     valgrind --tool=callgrind --callgrind-out-file="$work/out" "$bench" --bench \
-    >/dev/null 2>"$work/err"
+    >"$work/stdout" 2>"$work/err"
+  grep -q "^$1 " "$work/stdout" || { echo "review_instructions.sh: the bench did not review $1" >&2; exit 1; }
   sed -n 's/.*Collected : \([0-9]*\).*/\1/p' "$work/err"
 }
 
