@@ -16,10 +16,7 @@ fn the_compiled_in_allocator_options_are_in_force() {
     );
     assert!(output.status.success());
     let stats = String::from_utf8_lossy(&output.stderr);
-    for option in [
-        "opt.dirty_decay_ms: 0",
-        "opt.muzzy_decay_ms: 0",
-    ] {
+    for option in ["opt.dirty_decay_ms: 0", "opt.muzzy_decay_ms: 0"] {
         assert!(
             stats.contains(option),
             "{option} not in jemalloc's statistics:\n{}",
@@ -31,10 +28,9 @@ fn the_compiled_in_allocator_options_are_in_force() {
 #[test]
 fn the_environment_still_overrides_them() {
     let output = run_with_deadline(
-        gpushare().arg("version").env(
-            "_RJEM_MALLOC_CONF",
-            "stats_print:true,dirty_decay_ms:1000",
-        ),
+        gpushare()
+            .arg("version")
+            .env("_RJEM_MALLOC_CONF", "stats_print:true,dirty_decay_ms:1000"),
         None,
     );
     assert!(output.status.success());

@@ -335,8 +335,9 @@ pub fn render(run: &Run, config: &Config) -> Report {
             format!(
                 "The load generator used its whole core for {}: there the client, not the server, \
                  set the pace, so that throughput is a lower bound for the server, and a ratio \
-                 against it overstates gpushare's share; the per-CPU-second ratio does not depend \
-                 on which side was the bottleneck.",
+                 against it overstates gpushare's share; the per-CPU-second ratio depends on it \
+                 less (a server slower than its client still pays more per answer to wake it; \
+                 BENCHMARKS.md).",
                 saturated.join(", ")
             )
         };
